@@ -1,0 +1,1 @@
+"""Pure attribution rules: events, windows, basis per channel, dedupe per user, money, tallies. No I/O."""

@@ -1,0 +1,105 @@
+"""Input events as typed structs, and where each record came from.
+
+Decoding validates types and required fields (msgspec); the JSON Schemas in ``topics/`` describe the
+same contract for people and other languages, and a unit test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+TsMs = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+class Channel(StrEnum):
+    PUSH = "push"
+    WEB_PUSH = "web_push"
+    KAKAO = "kakao"
+    SMS = "sms"
+    IN_APP = "in_app"
+    EMAIL = "email"
+
+
+class Basis(StrEnum):
+    SEND = "send"
+    CLICK = "click"
+
+
+class Send(msgspec.Struct, frozen=True, kw_only=True):
+    """A message sent (or failed) to one device; ``status=sent`` makes it a send-basis touch."""
+
+    event_id: Id
+    project_id: Id
+    campaign_id: Id
+    message_id: Id
+    channel: Channel
+    device_id: Id
+    user_id: Id | None = None
+    ts: TsMs
+    status: Literal["sent", "failed"] = "sent"
+    variant: str | None = None
+
+    @property
+    def user_key(self) -> str:
+        return self.user_id or self.device_id
+
+
+class Click(msgspec.Struct, frozen=True, kw_only=True):
+    """A click on a message: the click-basis touch."""
+
+    event_id: Id
+    project_id: Id
+    campaign_id: Id
+    message_id: Id
+    channel: Channel
+    device_id: Id
+    user_id: Id | None = None
+    ts: TsMs
+    link: str | None = None
+
+    @property
+    def user_key(self) -> str:
+        return self.user_id or self.device_id
+
+
+class Goal(msgspec.Struct, frozen=True, kw_only=True):
+    """A goal event emitted by an app (purchase, signup...); converts when a project configures it."""
+
+    event_id: Id
+    project_id: Id
+    name: Id
+    device_id: Id
+    user_id: Id | None = None
+    ts: TsMs
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def user_key(self) -> str:
+        return self.user_id or self.device_id
+
+
+Event = Send | Click | Goal
+
+
+class Position(msgspec.Struct, frozen=True, array_like=True):
+    """Where a record was read: the fence for idempotent state updates is (topic, partition, offset)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def stream(self) -> str:
+        """The fence slot this record advances: one per (topic, partition)."""
+        return f"{self.topic}:{self.partition}"
+
+
+class Located(msgspec.Struct, frozen=True, array_like=True):
+    """A decoded event together with the position it was read from."""
+
+    event: Event
+    pos: Position

@@ -1,0 +1,149 @@
+"""Project settings: conversion events, windows, the measurement basis per channel, purchase keys.
+
+FlareLane's rules: push (and web push, email) may measure from the send or the click; KakaoTalk and
+SMS only from the send; in-app messages only from the click. A setting that says otherwise is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import msgspec
+
+from attribution.core.model import Basis, Channel
+from attribution.errors import BadSettings
+
+MAX_WINDOW_MS = 90 * 24 * 3600 * 1000
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_FORBIDDEN_IN_NAMES = "|"
+
+#: The bases each channel can be measured on; the first one is the default.
+CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
+    Channel.PUSH: (Basis.SEND, Basis.CLICK),
+    Channel.WEB_PUSH: (Basis.SEND, Basis.CLICK),
+    Channel.EMAIL: (Basis.SEND, Basis.CLICK),
+    Channel.KAKAO: (Basis.SEND,),
+    Channel.SMS: (Basis.SEND,),
+    Channel.IN_APP: (Basis.CLICK,),
+}
+
+
+class Purchase(msgspec.Struct, frozen=True, kw_only=True):
+    """How to read the amount of a purchase goal: ``properties[amount_key] * properties[quantity_key]``
+    (quantity 1 when no ``quantity_key`` is configured)."""
+
+    amount_key: str
+    quantity_key: str | None = None
+    currency: str
+
+
+class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    window_ms: int
+    basis: dict[str, Basis] = msgspec.field(default_factory=dict)
+    purchase: Purchase | None = None
+
+    def primary_basis(self, channel: Channel) -> Basis:
+        """The basis whose conversions make the rate for a campaign on ``channel``."""
+        allowed = CHANNEL_BASES[channel]
+        if len(allowed) == 1:
+            return allowed[0]
+        return self.basis.get(channel.value, Basis.SEND)
+
+
+class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True):
+    project_id: str
+    version: int
+    conversion_events: list[ConversionEvent]
+
+    def event(self, name: str) -> ConversionEvent | None:
+        for ev in self.conversion_events:
+            if ev.name == name:
+                return ev
+        return None
+
+    @property
+    def max_window_ms(self) -> int:
+        return max((ev.window_ms for ev in self.conversion_events), default=0)
+
+
+def parse_settings(raw: object, max_events: int = 5) -> ProjectSettings:
+    """Validate a settings document (already JSON-decoded); raises BadSettings naming the field."""
+    try:
+        settings = msgspec.convert(raw, ProjectSettings)
+    except msgspec.ValidationError as exc:
+        raise BadSettings(_field_of(str(exc)), str(exc)) from None
+    validate(settings, max_events)
+    return settings
+
+
+def validate(settings: ProjectSettings, max_events: int) -> None:
+    """Check the rules the type system cannot: limits, uniqueness, basis allowed per channel."""
+    if not settings.project_id:
+        raise BadSettings("project_id", "must not be empty")
+    if settings.version < 0:
+        raise BadSettings("version", "must be >= 0")
+    events = settings.conversion_events
+    if len(events) > max_events:
+        raise BadSettings(
+            "conversion_events", f"{len(events)} conversion events, at most {max_events} are allowed"
+        )
+    seen: set[str] = set()
+    for i, ev in enumerate(events):
+        at = f"conversion_events[{i}]"
+        if not ev.name or _FORBIDDEN_IN_NAMES in ev.name:
+            raise BadSettings(f"{at}.name", f"must be non-empty and must not contain {_FORBIDDEN_IN_NAMES!r}")
+        if ev.name in seen:
+            raise BadSettings(f"{at}.name", f"duplicate conversion event {ev.name!r}")
+        seen.add(ev.name)
+        if not 0 < ev.window_ms <= MAX_WINDOW_MS:
+            raise BadSettings(f"{at}.window_ms", f"must be between 1 and {MAX_WINDOW_MS} (90 days)")
+        _check_basis(at, ev.basis)
+        if ev.purchase is not None and not _CURRENCY.match(ev.purchase.currency):
+            raise BadSettings(f"{at}.purchase.currency", "must be an ISO 4217 code such as KRW or USD")
+
+
+def _check_basis(at: str, basis: dict[str, Basis]) -> None:
+    for channel_name, chosen in basis.items():
+        try:
+            channel = Channel(channel_name)
+        except ValueError:
+            raise BadSettings(f"{at}.basis.{channel_name}", "unknown channel") from None
+        allowed = CHANNEL_BASES[channel]
+        if chosen not in allowed:
+            only = " or ".join(b.value for b in allowed)
+            raise BadSettings(
+                f"{at}.basis.{channel_name}", f"{channel.value} can only be measured from the {only}"
+            )
+
+
+def _field_of(message: str) -> str:
+    # msgspec says "... - at `$.conversion_events[0].window_ms`"; keep the path after "$.".
+    marker = "at `$."
+    if marker in message:
+        return message.split(marker, 1)[1].rstrip("`")
+    return "settings"
+
+
+class SettingsBook:
+    """The settings in force per project: the highest version seen wins."""
+
+    def __init__(self, initial: Iterable[ProjectSettings] = ()) -> None:
+        self._by_project: dict[str, ProjectSettings] = {}
+        for s in initial:
+            self.put(s)
+
+    def put(self, settings: ProjectSettings) -> bool:
+        """Install ``settings`` unless an equal or newer version is known; True when it changed."""
+        known = self._by_project.get(settings.project_id)
+        if known is not None and known.version >= settings.version:
+            return False
+        self._by_project[settings.project_id] = settings
+        return True
+
+    def get(self, project_id: str) -> ProjectSettings | None:
+        return self._by_project.get(project_id)
+
+    def projects(self) -> list[str]:
+        return sorted(self._by_project)

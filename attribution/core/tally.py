@@ -1,0 +1,96 @@
+"""Per-campaign tallies: the deltas one batch makes, and the absolute snapshot users read.
+
+Counters live in Redis as a flat hash (see ``attribution.state.keys``); the field names are built
+here so that the core owns their meaning and the state layer only adds numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from attribution.core.model import Basis, Channel
+from attribution.core.money import fmt
+from attribution.core.rules import ProjectSettings
+
+COUNTS = ("sends", "send_users", "failed", "clicks", "click_users")
+
+
+def conversions_field(event: str, basis: str) -> str:
+    return f"c|{event}|{basis}"
+
+
+def revenue_field(event: str, basis: str, currency: str) -> str:
+    return f"r|{event}|{basis}|{currency}"
+
+
+@dataclass(slots=True)
+class CampaignDelta:
+    """What one batch changes in one campaign's counters. ``touched`` republishes even with no change."""
+
+    project_id: str
+    campaign_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    revenue: dict[str, Decimal] = field(default_factory=dict)
+    as_of_ts: int = 0
+    channel: str | None = None
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def add_revenue(self, event: str, basis: str, currency: str, amount: Decimal) -> None:
+        f = revenue_field(event, basis, currency)
+        self.revenue[f] = self.revenue.get(f, Decimal(0)) + amount
+
+    def seen(self, ts: int, channel: str | None = None) -> None:
+        self.as_of_ts = max(self.as_of_ts, ts)
+        if channel is not None and self.channel is None:
+            self.channel = channel
+
+    @property
+    def member(self) -> str:
+        """The campaign's name in the dirty set and the Kafka key of its tally."""
+        return f"{self.project_id}:{self.campaign_id}"
+
+
+def snapshot(
+    project_id: str, campaign_id: str, fields: dict[str, str], settings: ProjectSettings | None
+) -> dict[str, Any]:
+    """The tally record for one campaign from its counter hash; ``rate`` uses the primary basis."""
+    counts = {name: int(fields.get(name, 0)) for name in COUNTS}
+    channel_name = fields.get("channel", "")
+    channel = Channel(channel_name) if channel_name in Channel._value2member_map_ else None
+    names = {ev.name for ev in settings.conversion_events} if settings else set()
+    for f in fields:
+        if f.startswith(("c|", "r|")):
+            names.add(f.split("|", 2)[1])
+    events: dict[str, Any] = {}
+    for name in sorted(names):
+        ev = settings.event(name) if settings else None
+        primary = ev.primary_basis(channel) if ev is not None and channel is not None else Basis.SEND
+        per_basis: dict[str, Any] = {}
+        for basis in Basis:
+            prefix = f"r|{name}|{basis.value}|"
+            revenue = {
+                f[len(prefix) :]: fmt(Decimal(v)) for f, v in sorted(fields.items()) if f.startswith(prefix)
+            }
+            per_basis[basis.value] = {
+                "conversions": int(fields.get(conversions_field(name, basis.value), 0)),
+                "revenue": revenue,
+            }
+        reached = counts["send_users"] if primary is Basis.SEND else counts["click_users"]
+        converted = per_basis[primary.value]["conversions"]
+        events[name] = {
+            "primary": primary.value,
+            **per_basis,
+            "rate": round(converted / reached, 6) if reached else 0.0,
+        }
+    return {
+        "project_id": project_id,
+        "campaign_id": campaign_id,
+        "version": int(fields.get("version", 0)),
+        "as_of_ts": int(fields.get("as_of", 0)),
+        **counts,
+        "events": events,
+    }

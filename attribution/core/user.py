@@ -1,0 +1,359 @@
+"""Attribution for one user key of one project: the state kept for them and how events change it.
+
+Why a goal is credited, in one place:
+
+- A *touch* is a send with status ``sent`` (send basis) or a click (click basis), on a channel that
+  allows that basis (push, web push, email: both; KakaoTalk, SMS: send; in-app: click).
+- A goal credits a campaign on a basis when ``touch.ts <= goal.ts <= touch.ts + window_ms``.
+- Each (campaign, conversion event, basis) is credited once per user key, with the **first**
+  qualifying goal by event time (ties by ``event_id``); the conversion names the latest qualifying
+  touch of that campaign. Every campaign whose window holds the goal is credited.
+
+The credit is recomputed from the retained touches and goals after every batch, so the result
+does not depend on arrival order: an earlier goal or a touch that arrives late (within grace)
+replaces the credit, and the caller republishes it under the same ``conversion_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from attribution.core.model import Basis, Channel, Click, Goal, Located, Send
+from attribution.core.money import fmt, purchase_amount
+from attribution.core.outputs import Conversion, conversion_id
+from attribution.core.rules import CHANNEL_BASES, ConversionEvent, ProjectSettings
+from attribution.core.tally import CampaignDelta, conversions_field
+
+_SEND = Basis.SEND.value
+_CLICK = Basis.CLICK.value
+_REACHED_BIT = {_SEND: 1, _CLICK: 2}
+
+
+class Touch(msgspec.Struct, array_like=True, frozen=True):
+    campaign: str
+    basis: str
+    ts: int
+    event_id: str
+    message_id: str
+    device_id: str
+    channel: str
+
+    def qualifies(self) -> bool:
+        """A send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts."""
+        return Basis(self.basis) in CHANNEL_BASES[Channel(self.channel)]
+
+
+class GoalMark(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    ts: int
+    event_id: str
+    device_id: str
+    amount: str | None
+    currency: str | None
+
+
+class Failed(msgspec.Struct, array_like=True, frozen=True):
+    campaign: str
+    message_id: str
+    device_id: str
+    ts: int
+
+
+class Credit(msgspec.Struct, array_like=True, frozen=True):
+    campaign: str
+    event: str
+    basis: str
+    goal_ts: int
+    goal_event_id: str
+    device_id: str
+    touch_ts: int
+    touch_event_id: str
+    message_id: str
+    channel: str
+    amount: str | None
+    currency: str | None
+
+
+class UserState(msgspec.Struct, array_like=True):
+    """Everything kept for one user key; serialised as one msgpack blob in Redis."""
+
+    fences: dict[str, int] = msgspec.field(default_factory=dict)
+    touches: list[Touch] = msgspec.field(default_factory=list)
+    goals: list[GoalMark] = msgspec.field(default_factory=list)
+    failed: list[Failed] = msgspec.field(default_factory=list)
+    reached: dict[str, int] = msgspec.field(default_factory=dict)
+    credits: list[Credit] = msgspec.field(default_factory=list)
+    expires_ts: int = 0
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(UserState)
+
+
+def encode_state(state: UserState) -> bytes:
+    return _encoder.encode(state)
+
+
+def decode_state(blob: bytes | None) -> UserState:
+    return _decoder.decode(blob) if blob else UserState()
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What applying a user's events produced: outputs, counter deltas and per-topic counts."""
+
+    changed: bool = False
+    replayed: bool = False
+    conversions: list[Conversion] = field(default_factory=list)
+    campaigns: dict[str, CampaignDelta] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    amount_missing: list[str] = field(default_factory=list)
+
+    def count(self, topic: str, outcome: str) -> None:
+        k = (topic, outcome)
+        self.outcomes[k] = self.outcomes.get(k, 0) + 1
+
+
+def apply(
+    state: UserState,
+    project_id: str,
+    user_key: str,
+    events: Iterable[Located],
+    settings: ProjectSettings | None,
+    clock_ms: int,
+    end_clock_ms: int,
+    grace_ms: int,
+) -> Outcome:
+    """Apply one batch of a user's events to ``state`` (in place) and say what changed.
+
+    ``clock_ms`` is the partition's event-time clock before the batch (events older than it by more
+    than ``grace_ms`` are late), ``end_clock_ms`` after it (what is older than retention is evicted).
+    Events at or below the user's fence for their (topic, partition) were applied already: skipped.
+    """
+    out = Outcome()
+    deltas = out.campaigns
+    for located in events:
+        ev, pos = located.event, located.pos
+        fence = state.fences.get(pos.stream, -1)
+        if pos.offset <= fence:
+            out.replayed = True
+            out.count(pos.topic, "replayed")
+            continue
+        state.fences[pos.stream] = pos.offset
+        out.changed = True
+        if ev.ts < clock_ms - grace_ms:
+            out.count(pos.topic, "late")
+        if isinstance(ev, Goal):
+            result = _add_goal(state, ev, settings)
+        else:
+            delta = deltas.get(ev.campaign_id)
+            if delta is None:
+                delta = deltas[ev.campaign_id] = CampaignDelta(project_id, ev.campaign_id)
+            result = _add_send(state, ev, delta) if isinstance(ev, Send) else _add_click(state, ev, delta)
+        out.count(pos.topic, result)
+    if out.replayed:
+        _touch_all(state, project_id, deltas)
+    if out.changed and settings is not None:
+        _recredit(state, project_id, user_key, settings, out)
+    if out.replayed:
+        # A re-delivered batch may have been applied without its outputs reaching Kafka: say it again.
+        emitted = {c.conversion_id for c in out.conversions}
+        for credit in state.credits:
+            conv = _conversion(project_id, user_key, credit, settings)
+            if conv.conversion_id not in emitted:
+                out.conversions.append(conv)
+    if out.changed:
+        _evict(state, settings, end_clock_ms, grace_ms)
+    return out
+
+
+def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
+    if ev.status == "failed":
+        if any(
+            f.campaign == ev.campaign_id and f.message_id == ev.message_id and f.device_id == ev.device_id
+            for f in state.failed
+        ):
+            return "duplicate"
+        state.failed.append(Failed(ev.campaign_id, ev.message_id, ev.device_id, ev.ts))
+        delta.add("failed")
+        delta.seen(ev.ts, ev.channel.value)
+        return "applied"
+    for t in state.touches:
+        if t.basis == _SEND and (
+            t.event_id == ev.event_id
+            or (
+                t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id
+            )
+        ):
+            return "duplicate"
+    state.touches.append(
+        Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+    )
+    delta.add("sends")
+    _reach(state, ev.campaign_id, _SEND, delta)
+    delta.seen(ev.ts, ev.channel.value)
+    return "applied"
+
+
+def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
+    if any(t.basis == _CLICK and t.event_id == ev.event_id for t in state.touches):
+        return "duplicate"
+    state.touches.append(
+        Touch(ev.campaign_id, _CLICK, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+    )
+    delta.add("clicks")
+    _reach(state, ev.campaign_id, _CLICK, delta)
+    delta.seen(ev.ts, ev.channel.value)
+    return "applied"
+
+
+def _reach(state: UserState, campaign: str, basis: str, delta: CampaignDelta) -> None:
+    bits = state.reached.get(campaign, 0)
+    bit = _REACHED_BIT[basis]
+    if not bits & bit:
+        state.reached[campaign] = bits | bit
+        delta.add("send_users" if basis == _SEND else "click_users")
+
+
+def _add_goal(state: UserState, ev: Goal, settings: ProjectSettings | None) -> str:
+    conv_event = settings.event(ev.name) if settings is not None else None
+    if conv_event is None:
+        return "ignored"
+    if any(g.event_id == ev.event_id for g in state.goals):
+        return "duplicate"
+    amount: str | None = None
+    currency: str | None = None
+    if conv_event.purchase is not None:
+        value = purchase_amount(conv_event.purchase, ev.properties)
+        currency = conv_event.purchase.currency
+        amount = fmt(value) if value is not None else None
+    state.goals.append(GoalMark(ev.name, ev.ts, ev.event_id, ev.device_id, amount, currency))
+    return "applied"
+
+
+def _touch_all(state: UserState, project_id: str, deltas: dict[str, CampaignDelta]) -> None:
+    for campaign in state.reached:
+        if campaign not in deltas:
+            deltas[campaign] = CampaignDelta(project_id, campaign)
+
+
+def _recredit(
+    state: UserState, project_id: str, user_key: str, settings: ProjectSettings, out: Outcome
+) -> None:
+    by_campaign: dict[tuple[str, str], list[Touch]] = {}
+    for t in state.touches:
+        if t.qualifies():
+            by_campaign.setdefault((t.campaign, t.basis), []).append(t)
+    if not by_campaign:
+        return
+    goals = sorted(state.goals, key=lambda g: (g.ts, g.event_id))
+    current = {(c.campaign, c.event, c.basis): i for i, c in enumerate(state.credits)}
+    for (campaign, basis), touches in sorted(by_campaign.items()):
+        for conv_event in settings.conversion_events:
+            best = _first_credit(campaign, basis, conv_event, touches, goals)
+            if best is None:
+                continue
+            index = current.get((campaign, conv_event.name, basis))
+            old = state.credits[index] if index is not None else None
+            if old is not None and not _better(best, old):
+                continue
+            if index is None:
+                state.credits.append(best)
+            else:
+                state.credits[index] = best
+            _count_credit(project_id, best, old, out)
+            out.conversions.append(_conversion(project_id, user_key, best, settings))
+
+
+def _first_credit(
+    campaign: str, basis: str, conv_event: ConversionEvent, touches: list[Touch], goals: list[GoalMark]
+) -> Credit | None:
+    window = conv_event.window_ms
+    for g in goals:
+        if g.name != conv_event.name:
+            continue
+        latest: Touch | None = None
+        for t in touches:
+            if t.ts <= g.ts <= t.ts + window and (
+                latest is None or (t.ts, t.event_id) > (latest.ts, latest.event_id)
+            ):
+                latest = t
+        if latest is not None:
+            return Credit(
+                campaign,
+                conv_event.name,
+                basis,
+                g.ts,
+                g.event_id,
+                g.device_id,
+                latest.ts,
+                latest.event_id,
+                latest.message_id,
+                latest.channel,
+                g.amount,
+                g.currency,
+            )
+    return None
+
+
+def _better(new: Credit, old: Credit) -> bool:
+    """True when ``new`` should replace ``old``: an earlier goal, or the same goal with a later touch."""
+    if (new.goal_ts, new.goal_event_id) != (old.goal_ts, old.goal_event_id):
+        return (new.goal_ts, new.goal_event_id) < (old.goal_ts, old.goal_event_id)
+    return (new.touch_ts, new.touch_event_id) > (old.touch_ts, old.touch_event_id)
+
+
+def _count_credit(project_id: str, new: Credit, old: Credit | None, out: Outcome) -> None:
+    delta = out.campaigns.get(new.campaign)
+    if delta is None:
+        delta = out.campaigns[new.campaign] = CampaignDelta(project_id, new.campaign)
+    delta.seen(new.goal_ts)
+    if old is None:
+        delta.add(conversions_field(new.event, new.basis))
+        if new.currency is not None and new.amount is None:
+            out.amount_missing.append(new.event)
+    elif old.amount is not None and old.currency is not None:
+        delta.add_revenue(old.event, old.basis, old.currency, -Decimal(old.amount))
+    if new.amount is not None and new.currency is not None:
+        delta.add_revenue(new.event, new.basis, new.currency, Decimal(new.amount))
+
+
+def _conversion(project_id: str, user_key: str, c: Credit, settings: ProjectSettings | None) -> Conversion:
+    conv_event = settings.event(c.event) if settings is not None else None
+    primary = conv_event is not None and conv_event.primary_basis(Channel(c.channel)).value == c.basis
+    return Conversion(
+        conversion_id=conversion_id(project_id, c.campaign, c.event, c.basis, user_key),
+        project_id=project_id,
+        campaign_id=c.campaign,
+        message_id=c.message_id,
+        channel=c.channel,
+        event=c.event,
+        basis=c.basis,
+        primary=primary,
+        user_key=user_key,
+        device_id=c.device_id,
+        touch_event_id=c.touch_event_id,
+        touch_ts=c.touch_ts,
+        goal_event_id=c.goal_event_id,
+        goal_ts=c.goal_ts,
+        amount=c.amount,
+        currency=c.currency,
+    )
+
+
+def _evict(state: UserState, settings: ProjectSettings | None, clock_ms: int, grace_ms: int) -> None:
+    """Drop what no event within grace can still need; remember how long the rest matters."""
+    window = settings.max_window_ms if settings is not None else 0
+    touch_horizon = clock_ms - grace_ms - window
+    goal_horizon = clock_ms - grace_ms
+    state.touches = [t for t in state.touches if t.ts >= touch_horizon]
+    state.goals = [g for g in state.goals if g.ts >= goal_horizon]
+    state.failed = [f for f in state.failed if f.ts >= goal_horizon]
+    ends = [t.ts + window + grace_ms for t in state.touches]
+    ends += [g.ts + grace_ms for g in state.goals]
+    ends += [f.ts + grace_ms for f in state.failed]
+    state.expires_ts = max([state.expires_ts, clock_ms, *ends])

@@ -1,0 +1,1 @@
+"""Operations: settings, metrics, health/HTTP, embedded services for local runs."""

@@ -1,0 +1,207 @@
+"""One batch of input records -> decoded events -> per-user attribution -> one atomic state write.
+
+Runtimes (the confluent-kafka worker, the faust app) hand records in and publish what comes out;
+they decide nothing about attribution. This module knows no Kafka client and no Redis command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import NamedTuple
+
+import msgspec
+import orjson
+
+from attribution.core import user as user_rules
+from attribution.core.model import Click, Event, Goal, Located, Position, Send
+from attribution.core.outputs import Conversion, DeadLetter, dead_letter
+from attribution.core.rules import SettingsBook
+from attribution.core.tally import CampaignDelta
+from attribution.errors import StateConflict
+from attribution.state.base import CounterWrite, Store, UserWrite
+from attribution.state.keys import Keys
+
+KINDS: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
+CONFLICT_RETRIES = 3
+
+
+class Record(NamedTuple):
+    """An input record as a runtime read it; ``kind`` is sends, clicks or goals."""
+
+    kind: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    grace_ms: int = 60_000
+    state_margin_ms: int = 24 * 3600 * 1000
+    max_event_bytes: int = 64 * 1024
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Everything a batch produced, for the runtime to publish and to count."""
+
+    conversions: list[Conversion] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    amount_missing: Counter[str] = field(default_factory=Counter)
+    campaigns: set[str] = field(default_factory=set)
+    redis_seconds: dict[str, float] = field(default_factory=dict)
+    conflicts: int = 0
+
+
+class Processor:
+    """Applies batches to a Store. Safe to call again with a re-delivered batch: that is a no-op for
+    state and republishes the affected users' conversions and campaigns' tallies."""
+
+    def __init__(self, store: Store, keys: Keys, settings: SettingsBook, config: EngineConfig) -> None:
+        self.store = store
+        self.keys = keys
+        self.settings = settings
+        self.config = config
+
+    def process(self, records: Sequence[Record], now_ms: int | None = None) -> BatchResult:
+        result = BatchResult()
+        groups: dict[tuple[str, str], list[Located]] = {}
+        batch_max_ts: dict[int, int] = {}
+        for record in records:
+            event = self._decode(record, result)
+            if event is None:
+                continue
+            pos = Position(record.topic, record.partition, record.offset)
+            groups.setdefault((event.project_id, event.user_key), []).append(Located(event, pos))
+            batch_max_ts[record.partition] = max(event.ts, batch_max_ts.get(record.partition, 0))
+        if not groups:
+            return result
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                self._attribute(groups, batch_max_ts, result, now_ms)
+                return result
+            except StateConflict:
+                result.conflicts += 1
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        return result  # pragma: no cover - the loop returns or raises
+
+    def _decode(self, record: Record, result: BatchResult) -> Event | None:
+        reason = self._problem(record)
+        event: Event | None = None
+        if reason is None:
+            try:
+                obj = orjson.loads(record.value or b"")
+                if not isinstance(obj, dict):
+                    raise msgspec.ValidationError(f"expected a JSON object, got {type(obj).__name__}")
+                event = msgspec.convert(obj, KINDS[record.kind])
+            except orjson.JSONDecodeError as exc:
+                reason = f"not JSON: {exc}"
+            except msgspec.ValidationError as exc:
+                reason = f"invalid {record.kind} event: {exc}"
+        if event is not None and (record.key or b"").decode("utf-8", "replace") != event.user_key:
+            reason = (
+                f"record key {record.key!r} is not the user key {event.user_key!r} "
+                "(user_id, else device_id); "
+                "producers must key records by user so a user's sends, clicks and goals share a partition"
+            )
+        if reason is not None:
+            result.dead_letters.append(
+                dead_letter(record.topic, record.partition, record.offset, record.key, record.value, reason)
+            )
+            result.outcomes[(record.topic, "dlq")] += 1
+            return None
+        return event
+
+    def _problem(self, record: Record) -> str | None:
+        if record.value is None:
+            return "empty record (null value)"
+        if len(record.value) > self.config.max_event_bytes:
+            return f"record of {len(record.value)} bytes is over the {self.config.max_event_bytes}-byte limit"
+        return None
+
+    def _attribute(
+        self,
+        groups: dict[tuple[str, str], list[Located]],
+        batch_max_ts: dict[int, int],
+        result: BatchResult,
+        now_ms: int | None,
+    ) -> None:
+        user_keys = [self.keys.user(project, user_key) for project, user_key in groups]
+        clock_keys = {p: self.keys.clock(p) for p in batch_max_ts}
+        started = time.perf_counter()
+        loaded = self.store.load(user_keys, list(clock_keys.values()))
+        result.redis_seconds["load"] = time.perf_counter() - started
+        start_clock = {p: loaded.clocks[k] or 0 for p, k in clock_keys.items()}
+        end_clock = {p: max(start_clock[p], ts) for p, ts in batch_max_ts.items()}
+
+        writes: list[UserWrite] = []
+        conversions: list[Conversion] = []
+        outcomes: Counter[tuple[str, str]] = Counter()
+        amount_missing: Counter[str] = Counter()
+        campaigns: dict[str, CampaignDelta] = {}
+        grace = self.config.grace_ms
+        for key, ((project, user_key), located) in zip(user_keys, groups.items(), strict=True):
+            version, blob = loaded.users[key]
+            state = user_rules.decode_state(blob)
+            partition = located[0].pos.partition
+            out = user_rules.apply(
+                state,
+                project,
+                user_key,
+                located,
+                self.settings.get(project),
+                start_clock[partition],
+                end_clock[partition],
+                grace,
+            )
+            outcomes.update(out.outcomes)
+            amount_missing.update(out.amount_missing)
+            conversions.extend(out.conversions)
+            for delta in out.campaigns.values():
+                _merge(campaigns, delta)
+            if out.changed:
+                ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
+                writes.append(UserWrite(key, version, user_rules.encode_state(state), ttl_ms))
+
+        counters = [
+            CounterWrite(
+                key=self.keys.campaign(d.project_id, d.campaign_id),
+                member=d.member,
+                as_of_ts=d.as_of_ts,
+                channel=d.channel,
+                counts=d.counts,
+                revenue=d.revenue,
+            )
+            for d in campaigns.values()
+        ]
+        clocks = {clock_keys[p]: ts for p, ts in end_clock.items()}
+        started = time.perf_counter()
+        if writes or counters:
+            self.store.apply(
+                writes, clocks, counters, now_ms if now_ms is not None else int(time.time() * 1000)
+            )
+        result.redis_seconds["apply"] = time.perf_counter() - started
+        result.conversions.extend(conversions)
+        result.outcomes.update(outcomes)
+        result.amount_missing.update(amount_missing)
+        result.campaigns.update(campaigns)
+
+
+def _merge(into: dict[str, CampaignDelta], delta: CampaignDelta) -> None:
+    known = into.get(delta.member)
+    if known is None:
+        into[delta.member] = delta
+        return
+    for name, n in delta.counts.items():
+        known.add(name, n)
+    for name, amount in delta.revenue.items():
+        known.revenue[name] = known.revenue.get(name, Decimal(0)) + amount
+    known.seen(delta.as_of_ts, delta.channel)

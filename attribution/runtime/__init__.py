@@ -1,0 +1,1 @@
+"""Thin Kafka adapters around attribution.processor; no attribution rules here."""

@@ -1,0 +1,18 @@
+-- tally_ack.lua: forget dirty campaigns whose published snapshot is still their newest version.
+--
+-- KEYS[1]          dirty zset (Keys.dirty)
+-- KEYS[2..]        campaign counter hashes (Keys.campaign), one per member below
+-- ARGV[2*i-1]      dirty member of KEYS[i+1] ('project:campaign')
+-- ARGV[2*i]        the version that was published for it
+--
+-- Returns the number of members removed.
+-- Invariant: a campaign changed after its snapshot was read stays dirty, so it is published again.
+local removed = 0
+for i = 2, #KEYS do
+  local member, published = ARGV[2 * (i - 1) - 1], ARGV[2 * (i - 1)]
+  local v = redis.call('HGET', KEYS[i], 'version') or '0'
+  if tonumber(v) <= tonumber(published) then
+    removed = removed + redis.call('ZREM', KEYS[1], member)
+  end
+end
+return removed

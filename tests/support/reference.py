@@ -1,0 +1,207 @@
+"""An independent, deliberately simple attribution over the whole event set at once.
+
+It shares no code with attribution.core beyond the input structs, settings and conversion_id: the
+tests compare the streaming engine against it field by field.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from attribution.core.model import Click, Event, Goal, Send
+from attribution.core.outputs import conversion_id
+from attribution.core.rules import ProjectSettings
+
+SEND_ONLY = {"kakao", "sms"}
+CLICK_ONLY = {"in_app"}
+
+
+def _num(v: Any) -> Decimal | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, float):
+        return Decimal(repr(v))
+    if isinstance(v, str):
+        try:
+            d = Decimal(v)
+        except ArithmeticError:
+            return None
+        return d if d.is_finite() else None
+    return None
+
+
+def _allows(channel: str, basis: str) -> bool:
+    if channel in SEND_ONLY:
+        return basis == "send"
+    if channel in CLICK_ONLY:
+        return basis == "click"
+    return True
+
+
+def _primary(channel: str, basis_cfg: dict[str, Any]) -> str:
+    if channel in SEND_ONLY:
+        return "send"
+    if channel in CLICK_ONLY:
+        return "click"
+    return str(basis_cfg.get(channel, "send"))
+
+
+def reference(
+    events: list[Event], settings: dict[str, ProjectSettings]
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(tallies by (project, campaign) without version/as_of_ts, conversions by conversion_id)."""
+    unique: dict[str, Event] = {}
+    for e in events:
+        unique.setdefault(f"{type(e).__name__}:{e.event_id}", e)
+    sends: dict[tuple[str, str, str, str], Send] = {}
+    failed: dict[tuple[str, str, str, str], Send] = {}
+    clicks: list[Click] = []
+    goals: list[Goal] = []
+    for e in unique.values():
+        if isinstance(e, Send):
+            k = (e.project_id, e.campaign_id, e.message_id, e.device_id)
+            if e.status == "failed":
+                failed.setdefault(k, e)
+            else:
+                sends.setdefault(k, e)
+        elif isinstance(e, Click):
+            clicks.append(e)
+        else:
+            goals.append(e)
+
+    tallies: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"sends": 0, "send_users": set(), "failed": 0, "clicks": 0, "click_users": set(), "ch": None}
+    )
+    touches: dict[tuple[str, str, str, str], list[Send | Click]] = defaultdict(list)
+    for s in sends.values():
+        t = tallies[(s.project_id, s.campaign_id)]
+        t["sends"] += 1
+        t["send_users"].add(s.user_key)
+        t["ch"] = t["ch"] or s.channel.value
+        touches[(s.project_id, s.campaign_id, "send", s.user_key)].append(s)
+    for (p, c, _, _), f in failed.items():
+        tallies[(p, c)]["failed"] += 1
+        tallies[(p, c)]["ch"] = tallies[(p, c)]["ch"] or f.channel.value
+    for k in clicks:
+        t = tallies[(k.project_id, k.campaign_id)]
+        t["clicks"] += 1
+        t["click_users"].add(k.user_key)
+        t["ch"] = t["ch"] or k.channel.value
+        touches[(k.project_id, k.campaign_id, "click", k.user_key)].append(k)
+
+    convs: dict[str, dict[str, Any]] = {}
+    counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    revenue: dict[tuple[str, str, str, str], dict[str, Decimal]] = defaultdict(dict)
+    for (project, campaign, basis, user), ts_list in touches.items():
+        cfg = settings.get(project)
+        if cfg is None:
+            continue
+        ts_list = [t for t in ts_list if _allows(t.channel.value, basis)]
+        for ev in cfg.conversion_events:
+            candidates = sorted(
+                (g for g in goals if g.project_id == project and g.user_key == user and g.name == ev.name),
+                key=lambda g: (g.ts, g.event_id),
+            )
+            for g in candidates:
+                ok = [t for t in ts_list if t.ts <= g.ts <= t.ts + ev.window_ms]
+                if not ok:
+                    continue
+                touch = max(ok, key=lambda t: (t.ts, t.event_id))
+                amount = None
+                currency = None
+                if ev.purchase is not None:
+                    currency = ev.purchase.currency
+                    a = _num(g.properties.get(ev.purchase.amount_key))
+                    q = (
+                        _num(g.properties.get(ev.purchase.quantity_key))
+                        if ev.purchase.quantity_key
+                        else Decimal(1)
+                    )
+                    if a is not None and q is not None:
+                        amount = a * q
+                cid = conversion_id(project, campaign, ev.name, basis, user)
+                convs[cid] = {
+                    "conversion_id": cid,
+                    "project_id": project,
+                    "campaign_id": campaign,
+                    "message_id": touch.message_id,
+                    "channel": touch.channel.value,
+                    "event": ev.name,
+                    "basis": basis,
+                    "primary": _primary(touch.channel.value, dict(ev.basis)) == basis,
+                    "user_key": user,
+                    "device_id": g.device_id,
+                    "touch_event_id": touch.event_id,
+                    "touch_ts": touch.ts,
+                    "goal_event_id": g.event_id,
+                    "goal_ts": g.ts,
+                    "amount": None if amount is None else amount,
+                    "currency": currency,
+                }
+                counts[(project, campaign, ev.name, basis)] += 1
+                if amount is not None and currency is not None:
+                    r = revenue[(project, campaign, ev.name, basis)]
+                    r[currency] = r.get(currency, Decimal(0)) + amount
+                break
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for (project, campaign), t in tallies.items():
+        cfg = settings.get(project)
+        events: dict[str, Any] = {}
+        for ev in cfg.conversion_events if cfg else []:
+            primary = _primary(t["ch"], dict(ev.basis)) if t["ch"] else "send"
+            per = {
+                b: {
+                    "conversions": counts[(project, campaign, ev.name, b)],
+                    "revenue": {
+                        c: v.normalize() for c, v in revenue[(project, campaign, ev.name, b)].items()
+                    },
+                }
+                for b in ("send", "click")
+            }
+            reached = len(t["send_users"] if primary == "send" else t["click_users"])
+            events[ev.name] = {
+                "primary": primary,
+                **per,
+                "rate": round(per[primary]["conversions"] / reached, 6) if reached else 0.0,
+            }
+        out[(project, campaign)] = {
+            "project_id": project,
+            "campaign_id": campaign,
+            "sends": t["sends"],
+            "send_users": len(t["send_users"]),
+            "failed": t["failed"],
+            "clicks": t["clicks"],
+            "click_users": len(t["click_users"]),
+            "events": events,
+        }
+    return out, convs
+
+
+def normalise_tally(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A tally snapshot without the fields that depend on processing (version, as_of_ts), money as Decimal."""
+    s = {k: v for k, v in snapshot.items() if k not in ("version", "as_of_ts")}
+    s["events"] = {
+        name: {
+            **e,
+            **{
+                b: {
+                    "conversions": e[b]["conversions"],
+                    "revenue": {c: Decimal(v).normalize() for c, v in e[b]["revenue"].items()},
+                }
+                for b in ("send", "click")
+            },
+        }
+        for name, e in snapshot["events"].items()
+    }
+    return s
+
+
+def normalise_conversion(c: dict[str, Any]) -> dict[str, Any]:
+    out = dict(c)
+    out["amount"] = None if c["amount"] is None else Decimal(c["amount"]).normalize()
+    return out

@@ -1,0 +1,134 @@
+"""Invariants of the engine, checked against the independent reference on generated event sets.
+
+The result may depend only on the events: not on arrival order (within grace), batch boundaries,
+duplicate events or re-delivered batches.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from attribution.core.model import Event
+from attribution.core.rules import ProjectSettings, parse_settings
+from tests.support.harness import Run
+from tests.support.reference import normalise_conversion, normalise_tally, reference
+from tests.support.scenarios import PROJECT, click, goal, send
+
+GRACE_MS = 20_000
+CAMPAIGNS = {"c-push": "push", "c-kakao": "kakao", "c-inapp": "in_app", "c-web": "web_push"}
+PRICES: list[Any] = [19900, "19.99", 0.1, "abc", None, -5, "1e2"]
+
+SETTINGS: ProjectSettings = parse_settings(
+    {
+        "project_id": PROJECT,
+        "version": 1,
+        "conversion_events": [
+            {
+                "name": "purchase",
+                "window_ms": 30_000,
+                "basis": {"push": "click"},
+                "purchase": {"amount_key": "price", "quantity_key": "qty", "currency": "KRW"},
+            },
+            {"name": "signup", "window_ms": 10_000, "basis": {"web_push": "click"}},
+        ],
+    }
+)
+
+
+@st.composite
+def event_sets(draw: st.DrawFn) -> list[Event]:
+    n = draw(st.integers(1, 40))
+    events: list[Event] = []
+    seen_sends: set[tuple[str, str, str]] = set()
+    for i in range(n):
+        what = draw(st.sampled_from(["send", "send", "failed", "click", "goal", "goal"]))
+        user_n = draw(st.sampled_from([0, 0, 1, 2, 3]))
+        user = None if user_n == 3 else f"u{user_n}"
+        device = f"d{user_n}{draw(st.sampled_from('ab'))}"
+        ts = draw(st.integers(0, 40)) * 1000
+        campaign = draw(st.sampled_from(sorted(CAMPAIGNS)))
+        channel = CAMPAIGNS[campaign]
+        message = f"{campaign}-m{draw(st.integers(0, 1))}"
+        if what in ("send", "failed"):
+            if (campaign, message, device) in seen_sends:
+                continue
+            seen_sends.add((campaign, message, device))
+            status = "failed" if what == "failed" else "sent"
+            events.append(send(f"s{i}", campaign, device, ts, user, channel, message, status))
+        elif what == "click":
+            events.append(click(f"k{i}", campaign, device, ts, user, channel, message))
+        else:
+            name = draw(st.sampled_from(["purchase", "signup", "other"]))
+            props = {"price": draw(st.sampled_from(PRICES)), "qty": draw(st.integers(1, 3))}
+            events.append(goal(f"g{i}", name, device, ts, user, **props))
+    return events
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[Event], list[list[Event]], int | None]:
+    """The event set, the batches in arrival order (within grace, with duplicates), a batch to redeliver."""
+    events = draw(event_sets())
+    dupes = draw(st.lists(st.sampled_from(events), max_size=5))
+    # Extremes on purpose: an event either arrives on time or as late as grace allows.
+    jitter = st.sampled_from([0, GRACE_MS // 2, GRACE_MS - 1]) | st.integers(0, GRACE_MS - 1)
+    arrivals = [(e.ts + draw(jitter), i, e) for i, e in enumerate([*events, *dupes])]
+    ordered = [e for _, _, e in sorted(arrivals, key=lambda a: (a[0], a[1]))]
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(ordered) - 1)), max_size=len(ordered))))
+    batches = [ordered[a:b] for a, b in zip([0, *cuts], [*cuts, len(ordered)], strict=True) if ordered[a:b]]
+    replay = draw(st.none() | st.integers(0, len(batches) - 1))
+    return events, batches, replay
+
+
+def _engine(batches: list[list[Event]], replay: int | None) -> Run:
+    run = Run([SETTINGS], grace_ms=GRACE_MS)
+    for i, batch in enumerate(batches):
+        records = run.records(batch)
+        run.feed(records)
+        if i == replay:
+            run.feed(records)
+    return run
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries())
+def test_any_arrival_order_within_grace_gives_the_reference_result(
+    case: tuple[list[Event], list[list[Event]], int | None],
+) -> None:
+    events, batches, replay = case
+    run = _engine(batches, replay)
+    want_tallies, want_conversions = reference(events, {PROJECT: SETTINGS})
+    for (project, campaign), want in want_tallies.items():
+        assert normalise_tally(run.tally(project, campaign)) == want
+    got = {cid: normalise_conversion(c) for cid, c in run.latest_conversions().items()}
+    assert got == {cid: normalise_conversion(c) for cid, c in want_conversions.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(deliveries())
+def test_rate_never_exceeds_one_and_revenue_is_exact_decimal(
+    case: tuple[list[Event], list[list[Event]], int | None],
+) -> None:
+    _, batches, replay = case
+    run = _engine(batches, replay)
+    for campaign in CAMPAIGNS:
+        tally = run.tally(PROJECT, campaign)
+        for ev in tally["events"].values():
+            assert 0 <= ev["rate"] <= 1
+            for basis in ("send", "click"):
+                for amount in ev[basis]["revenue"].values():
+                    assert isinstance(amount, str)
+                    Decimal(amount)  # parses exactly; never a float repr like 1.0000000002
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_sets(), st.randoms(use_true_random=False))
+def test_conversion_ids_are_stable_across_independent_runs(events: list[Event], rnd: Any) -> None:
+    shuffled = sorted(events, key=lambda e: e.ts)
+    first = _engine([shuffled], None).latest_conversions()
+    split = max(1, len(shuffled) // 2)
+    second = _engine([shuffled[:split], shuffled[split:]], None).latest_conversions()
+    assert first.keys() == second.keys()
