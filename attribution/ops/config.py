@@ -1,0 +1,88 @@
+"""Worker settings from the environment: one pydantic-settings class, validated at start.
+
+``ATTRIBUTION_*`` configure the engine; ``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL`` locate the
+services; any other ``KAFKA_*`` variable is passed to librdkafka (``KAFKA_SASL_MECHANISM`` ->
+``sasl.mechanism``; a double underscore stands for a literal one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from attribution.errors import BadSettings
+
+INPUT_KINDS = ("sends", "clicks", "goals")
+OUTPUT_KINDS = ("conversions", "tallies", "dlq")
+
+
+class Config(BaseSettings):
+    """Every knob of the worker; env var = ``ATTRIBUTION_`` + the field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="ATTRIBUTION_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ATTRIBUTION_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL", "ATTRIBUTION_REDIS_URL"),
+    )
+    topic_prefix: str = "attribution."
+    group_id: str = Field("attribution", min_length=1)
+    redis_prefix: str = Field("attribution", min_length=1, pattern=r"^[^{}\s]+$")
+    grace_ms: int = Field(60_000, ge=0, le=7 * 24 * 3600 * 1000)
+    tally_interval_ms: int = Field(500, ge=10, le=3_600_000)
+    state_margin_ms: int = Field(24 * 3600 * 1000, ge=0)
+    tally_ttl_ms: int = Field(90 * 24 * 3600 * 1000, ge=60_000)
+    max_conversion_events: int = Field(5, ge=1, le=20)
+    max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    batch_size: int = Field(10_000, ge=1, le=1_000_000)
+    poll_timeout_ms: int = Field(100, ge=1, le=60_000)
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+    partitions: int = Field(12, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=10)
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    def topic(self, kind: str) -> str:
+        """The full topic name of ``kind`` (sends, clicks, goals, settings, conversions, tallies, dlq)."""
+        return f"{self.topic_prefix}{kind}"
+
+    def kafka(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap servers, every KAFKA_* pass-through, then ``extra``."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        conf.update(kafka_passthrough(os.environ))
+        conf.update(extra or {})
+        return conf
+
+
+def kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
+    """``KAFKA_SASL_MECHANISM=PLAIN`` -> ``{"sasl.mechanism": "PLAIN"}``, for all KAFKA_* but bootstrap."""
+    # a double underscore stands for a literal underscore in the librdkafka property name
+    out: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith("KAFKA_") or name == "KAFKA_BOOTSTRAP_SERVERS":
+            continue
+        key = name[len("KAFKA_") :].lower().replace("__", "\0").replace("_", ".").replace("\0", "_")
+        out[key] = value
+    return out
+
+
+def load_config(**overrides: Any) -> Config:
+    """Read and validate the settings; a bad one raises BadSettings naming the environment variable."""
+    try:
+        return Config(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        env = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}.get(
+            field, f"ATTRIBUTION_{field.upper()}"
+        )
+        raise BadSettings(env, f"{first['msg']} (got {first.get('input')!r})") from None

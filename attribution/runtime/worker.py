@@ -1,0 +1,243 @@
+"""The confluent-kafka batch worker: consume -> process -> produce -> flush -> commit.
+
+Offsets are committed only after the batch's state is in Redis and its outputs are acknowledged by
+the broker, so a crash at any point re-delivers the batch; the per-user (topic, partition, offset)
+fence makes that a no-op for state and republishes the affected outputs under their stable ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from itertools import pairwise
+from typing import Any
+
+import msgspec
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from attribution.core.rules import SettingsBook
+from attribution.errors import AttributionError
+from attribution.ops.config import INPUT_KINDS, Config
+from attribution.ops.http import OpsServer
+from attribution.ops.metrics import Metrics
+from attribution.processor import BatchResult, EngineConfig, Processor, Record
+from attribution.runtime import kafka_io
+from attribution.state.keys import Keys
+from attribution.state.redis_store import RedisStore
+from attribution.tally_feed import TallyFeed
+
+log = logging.getLogger(__name__)
+LAG_EVERY_S = 5.0
+
+
+class Worker:
+    """One member of the consumer group. ``run`` blocks until ``stop`` is called (from a signal handler
+    or another thread), then finishes the batch in hand, publishes tallies, commits and leaves."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.keys = Keys(config.redis_prefix)
+        self.book = SettingsBook()
+        self.store = RedisStore.from_url(config.redis_url.get_secret_value(), self.keys, config.tally_ttl_ms)
+        engine = EngineConfig(config.grace_ms, config.state_margin_ms, config.max_event_bytes)
+        self.processor = Processor(self.store, self.keys, self.book, engine)
+        self.tally_feed = TallyFeed(self.store, self.keys, self.book)
+        self.kinds = {config.topic(kind): kind for kind in INPUT_KINDS}
+        self.assigned: set[tuple[str, int]] = set()
+        self.ready = False
+        self.batches = 0
+        self._stop = threading.Event()
+        self._last_loop = time.monotonic()
+        self._delivery_errors: list[str] = []
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- main loop -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg = self.config
+        kafka_io.check_copartitioned(cfg)
+        try:
+            self.store.client.ping()
+        except Exception as exc:
+            raise AttributionError(f"Redis at REDIS_URL does not answer: {exc}") from exc
+        settings = kafka_io.SettingsFeed(cfg, self.book)
+        settings.load_all()
+        self._export_settings()
+        producer = kafka_io.producer(cfg, on_delivery=self._on_delivery)
+        consumer = Consumer(
+            cfg.kafka(
+                {
+                    "group.id": cfg.group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": cfg.session_timeout_ms,
+                    "enable.partition.eof": False,
+                }
+            )
+        )
+        consumer.subscribe(
+            list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        server = self._serve()
+        self.ready = True
+        next_tally = time.monotonic()
+        next_lag = time.monotonic() + LAG_EVERY_S
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
+                self._last_loop = time.monotonic()
+                if settings.poll(0):
+                    self._export_settings()
+                if messages:
+                    self._handle(messages, consumer, producer)
+                now = time.monotonic()
+                if now >= next_tally:
+                    self._publish_tallies(producer)
+                    next_tally = now + cfg.tally_interval_ms / 1000
+                if now >= next_lag:
+                    self._export_lag(consumer)
+                    next_lag = now + LAG_EVERY_S
+            self._publish_tallies(producer)
+        finally:
+            self.ready = False
+            producer.flush(10)
+            consumer.close()
+            settings.close()
+            if server is not None:
+                server.stop()
+            log.info("worker stopped after %d batches", self.batches)
+
+    def _handle(self, messages: list[Message], consumer: Consumer, producer: Any) -> None:
+        started = time.perf_counter()
+        records: list[Record] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise AttributionError(f"fatal consumer error: {err.str()}")
+                log.warning("consumer error: %s", err.str())
+                continue
+            topic, partition, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
+            records.append(Record(self.kinds[topic], topic, partition, offset, m.key(), m.value()))
+            offsets[(topic, partition)] = offset + 1
+        if not records:
+            return
+        parsed = time.perf_counter()
+        result = self.processor.process(records)
+        processed = time.perf_counter()
+        self._produce(result, producer)
+        self._flush(producer)
+        produced = time.perf_counter()
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+        )
+        committed = time.perf_counter()
+        self.batches += 1
+        self._record(result, len(records), started, parsed, processed, produced, committed)
+
+    def _produce(self, result: BatchResult, producer: Any) -> None:
+        cfg = self.config
+        for c in result.conversions:
+            producer.produce(cfg.topic("conversions"), key=c.key.encode(), value=msgspec.json.encode(c))
+        for d in result.dead_letters:
+            producer.produce(
+                cfg.topic("dlq"), key=d.key.encode() if d.key else None, value=msgspec.json.encode(d)
+            )
+            log.warning("DLQ %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error)
+        producer.poll(0)
+
+    def _flush(self, producer: Any) -> None:
+        remaining = producer.flush(60)
+        if remaining or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors[:5], []
+            raise AttributionError(f"outputs not delivered ({remaining} pending): {errors}")
+
+    def _publish_tallies(self, producer: Any) -> None:
+        topic = self.config.topic("tallies")
+
+        def publish(member: str, snap: dict[str, Any]) -> None:
+            producer.produce(topic, key=member.encode(), value=orjson.dumps(snap))
+
+        count = self.tally_feed.publish_dirty(publish, lambda: self._flush(producer))
+        self.metrics.tallies.inc(count)
+
+    # -- callbacks and metrics -----------------------------------------------------------------------
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.rebalances.labels("assign").inc()
+        self.metrics.assigned.set(len(self.assigned))
+        log.info("assigned %s", sorted(self.assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are processed and committed synchronously inside the poll loop, so nothing is in
+        # flight here: the next owner starts exactly after our last commit.
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.rebalances.labels("revoke").inc()
+        self.metrics.assigned.set(len(self.assigned))
+
+    def _record(self, result: BatchResult, n: int, *stamps: float) -> None:
+        m = self.metrics
+        for stage, (a, b) in zip(("parse", "process", "produce", "commit"), pairwise(stamps), strict=True):
+            m.batch_seconds.labels(stage).observe(b - a)
+        m.batch_seconds.labels("total").observe(stamps[-1] - stamps[0])
+        m.batch_size.observe(n)
+        for op, seconds in result.redis_seconds.items():
+            m.redis_seconds.labels(op).observe(seconds)
+        for (topic, outcome), count in result.outcomes.items():
+            m.events.labels(topic, outcome).inc(count)
+        for d in result.dead_letters:
+            m.dlq.labels(d.topic).inc()
+        for c in result.conversions:
+            m.conversions.labels(c.event, c.basis).inc()
+        for event, count in result.amount_missing.items():
+            m.amount_missing.labels(event).inc(count)
+        m.conflicts.inc(result.conflicts)
+
+    def _export_lag(self, consumer: Consumer) -> None:
+        for topic, partition in sorted(self.assigned):
+            tp = TopicPartition(topic, partition)
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=1.0)
+                position = consumer.position([tp])[0].offset
+            except Exception as exc:  # lag is best effort: never stop the worker for it
+                log.debug("lag of %s[%d] unknown: %s", topic, partition, exc)
+                continue
+            if position >= 0:
+                self.metrics.lag.labels(topic, str(partition)).set(max(0, high - position))
+
+    def _export_settings(self) -> None:
+        for project in self.book.projects():
+            s = self.book.get(project)
+            if s is not None:
+                self.metrics.settings_version.labels(project).set(s.version)
+
+    def _serve(self) -> OpsServer | None:
+        if not self.config.metrics_port:
+            return None
+        return OpsServer(
+            self.config.metrics_host,
+            self.config.metrics_port,
+            self.metrics.registry,
+            self._healthy,
+            self._ready,
+        ).start()
+
+    def _healthy(self) -> tuple[bool, dict[str, object]]:
+        stalled_s = time.monotonic() - self._last_loop
+        return stalled_s < max(30.0, 3 * self.config.session_timeout_ms / 1000), {
+            "loop_age_s": round(stalled_s, 3)
+        }
+
+    def _ready(self) -> tuple[bool, dict[str, object]]:
+        return self.ready, {"assigned_partitions": len(self.assigned), "projects": self.book.projects()}
