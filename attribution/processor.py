@@ -71,16 +71,29 @@ class Processor:
         self.config = config
 
     def process(self, records: Sequence[Record], now_ms: int | None = None) -> BatchResult:
+        """Decode and apply a batch (dead letters for what cannot be decoded)."""
         result = BatchResult()
+        located = [loc for r in records if (loc := self.decode(r, result)) is not None]
+        return self.apply(located, result, now_ms)
+
+    def decode(self, record: Record, result: BatchResult) -> Located | None:
+        """The record as an event with its position, or None after adding a dead letter to ``result``."""
+        event = self._decode(record, result)
+        if event is None:
+            return None
+        return Located(event, Position(record.topic, record.partition, record.offset))
+
+    def apply(
+        self, located: Sequence[Located], result: BatchResult | None = None, now_ms: int | None = None
+    ) -> BatchResult:
+        """Attribute decoded events (per topic-partition in offset order) with one state write."""
+        result = result if result is not None else BatchResult()
         groups: dict[tuple[str, str], list[Located]] = {}
         batch_max_ts: dict[int, int] = {}
-        for record in records:
-            event = self._decode(record, result)
-            if event is None:
-                continue
-            pos = Position(record.topic, record.partition, record.offset)
-            groups.setdefault((event.project_id, event.user_key), []).append(Located(event, pos))
-            batch_max_ts[record.partition] = max(event.ts, batch_max_ts.get(record.partition, 0))
+        for loc in located:
+            event, partition = loc.event, loc.pos.partition
+            groups.setdefault((event.project_id, event.user_key), []).append(loc)
+            batch_max_ts[partition] = max(event.ts, batch_max_ts.get(partition, 0))
         if not groups:
             return result
         for attempt in range(CONFLICT_RETRIES):

@@ -72,8 +72,11 @@ def snapshot(
         per_basis: dict[str, Any] = {}
         for basis in Basis:
             prefix = f"r|{name}|{basis.value}|"
+            # a currency whose credits were all corrected away sums to zero: not worth a line
             revenue = {
-                f[len(prefix) :]: fmt(Decimal(v)) for f, v in sorted(fields.items()) if f.startswith(prefix)
+                f[len(prefix) :]: fmt(Decimal(v))
+                for f, v in sorted(fields.items())
+                if f.startswith(prefix) and Decimal(v) != 0
             }
             per_basis[basis.value] = {
                 "conversions": int(fields.get(conversions_field(name, basis.value), 0)),

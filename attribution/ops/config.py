@@ -23,7 +23,9 @@ OUTPUT_KINDS = ("conversions", "tallies", "dlq")
 class Config(BaseSettings):
     """Every knob of the worker; env var = ``ATTRIBUTION_`` + the field name in upper case."""
 
-    model_config = SettingsConfigDict(env_prefix="ATTRIBUTION_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ATTRIBUTION_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
@@ -44,6 +46,8 @@ class Config(BaseSettings):
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     poll_timeout_ms: int = Field(100, ge=1, le=60_000)
+    max_idle_ms: int = Field(1_000, ge=0, le=600_000)
+    max_buffered: int = Field(50_000, ge=100, le=10_000_000)
     session_timeout_ms: int = Field(45_000, ge=1_000)
     metrics_port: int = Field(9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped

@@ -48,11 +48,16 @@ class _Later:
 class Traffic:
     """``events(now_ms, n)`` yields about ``n`` input events whose event time is around ``now_ms``."""
 
-    def __init__(self, seed: int = 7, users: int = 2000, project: str = DEMO_PROJECT) -> None:
+    def __init__(
+        self, seed: int = 7, users: int = 2000, project: str = DEMO_PROJECT, late_goal_ratio: float = 0.0
+    ) -> None:
         self.rng = random.Random(seed)
+        self.late_goal_ratio = late_goal_ratio  # share of goals that come hours after the click
         self.project = project
         self.users = [f"user-{i}" for i in range(users)]
         self.devices = {u: [f"{u}-dev{d}" for d in range(self.rng.randint(1, 3))] for u in self.users}
+        # about one user in ten never logs in: their events carry no user_id, keyed by device
+        self.anonymous = {u for u in self.users if self.rng.random() < 0.1}
         self.seq = 0
         self.later: list[_Later] = []
 
@@ -72,7 +77,7 @@ class Traffic:
         rng = self.rng
         campaign, channel = rng.choice(list(CAMPAIGNS.items()))
         user = rng.choice(self.users)
-        anonymous = rng.random() < 0.1
+        anonymous = user in self.anonymous
         message = f"{campaign}-msg-{now_ms // 60_000}"
         count = 0
         for device in self.devices[user]:
@@ -98,7 +103,10 @@ class Traffic:
                     click_ms, ("clicks", key, {"event_id": self._id("click"), **base, "ts": click_ms})
                 )
                 if rng.random() < 0.5:
-                    self._goal(key, device, None if anonymous else user, click_ms + rng.randint(500, 8000))
+                    delay_ms = rng.randint(500, 8000)
+                    if rng.random() < self.late_goal_ratio:
+                        delay_ms = rng.randint(60_000, 2 * 3600 * 1000)
+                    self._goal(key, device, None if anonymous else user, click_ms + delay_ms)
         return count
 
     def _goal(self, key: str, device: str, user: str | None, ts: int) -> None:

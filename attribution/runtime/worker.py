@@ -24,6 +24,7 @@ from attribution.ops.http import OpsServer
 from attribution.ops.metrics import Metrics
 from attribution.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.runtime import kafka_io
+from attribution.runtime.align import Aligner
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 from attribution.tally_feed import TallyFeed
@@ -52,6 +53,9 @@ class Worker:
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
         self._delivery_errors: list[str] = []
+        self.aligner = Aligner(self.kinds, config.max_idle_ms, config.max_buffered)
+        self.paused: set[tuple[str, int]] = set()
+        self.committed: dict[tuple[str, int], int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -76,7 +80,10 @@ class Worker:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "session.timeout.ms": cfg.session_timeout_ms,
-                    "enable.partition.eof": False,
+                    # the aligner must know when a topic-partition has nothing more to give
+                    "enable.partition.eof": True,
+                    # range keeps partition p of every input topic on one member: co-partitioned work
+                    "partition.assignment.strategy": "range",
                 }
             )
         )
@@ -93,8 +100,7 @@ class Worker:
                 self._last_loop = time.monotonic()
                 if settings.poll(0):
                     self._export_settings()
-                if messages:
-                    self._handle(messages, consumer, producer)
+                self._handle(messages, consumer, producer)
                 now = time.monotonic()
                 if now >= next_tally:
                     self._publish_tallies(producer)
@@ -113,33 +119,58 @@ class Worker:
             log.info("worker stopped after %d batches", self.batches)
 
     def _handle(self, messages: list[Message], consumer: Consumer, producer: Any) -> None:
+        """Decode what arrived, process what the aligner releases, publish, then commit."""
         started = time.perf_counter()
-        records: list[Record] = []
-        offsets: dict[tuple[str, int], int] = {}
+        result = BatchResult()
         for m in messages:
             err = m.error()
+            topic, partition = m.topic() or "", m.partition() or 0
             if err is not None:
-                if err.fatal():
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.aligner.end_reached((topic, partition))
+                elif err.fatal():
                     raise AttributionError(f"fatal consumer error: {err.str()}")
-                log.warning("consumer error: %s", err.str())
+                else:
+                    log.warning("consumer error: %s", err.str())
                 continue
-            topic, partition, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
-            records.append(Record(self.kinds[topic], topic, partition, offset, m.key(), m.value()))
-            offsets[(topic, partition)] = offset + 1
-        if not records:
-            return
+            offset = m.offset() or 0
+            record = Record(self.kinds[topic], topic, partition, offset, m.key(), m.value())
+            self.aligner.add((topic, partition), offset, self.processor.decode(record, result))
         parsed = time.perf_counter()
-        result = self.processor.process(records)
+        released = self.aligner.release(time.monotonic() * 1000)
+        if released:
+            self.processor.apply(released, result)
         processed = time.perf_counter()
+        offsets = {tp: o for tp, o in self.aligner.commit_offsets().items() if self.committed.get(tp) != o}
+        if not offsets and not result.dead_letters:
+            self._backpressure(consumer)
+            return
         self._produce(result, producer)
         self._flush(producer)
         produced = time.perf_counter()
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-        )
+        if offsets:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
+            )
+            self.committed.update(offsets)
         committed = time.perf_counter()
         self.batches += 1
-        self._record(result, len(records), started, parsed, processed, produced, committed)
+        self._record(result, len(released), started, parsed, processed, produced, committed)
+        self._backpressure(consumer)
+
+    def _backpressure(self, consumer: Consumer) -> None:
+        """Pause topic-partitions that ran far ahead of their partners; resume them once drained."""
+        over = self.aligner.over_limit()
+        to_pause = over - self.paused
+        to_resume = {
+            tp for tp in self.paused - over if self.aligner.buffered(tp) < self.config.max_buffered // 2
+        }
+        if to_pause:
+            consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self.paused |= to_pause
+        if to_resume:
+            consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self.paused -= to_resume
 
     def _produce(self, result: BatchResult, producer: Any) -> None:
         cfg = self.config
@@ -174,7 +205,9 @@ class Worker:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned |= tps
+        self.aligner.assign(tps)
         self.metrics.rebalances.labels("assign").inc()
         self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(self.assigned))
@@ -182,7 +215,12 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches are processed and committed synchronously inside the poll loop, so nothing is in
         # flight here: the next owner starts exactly after our last commit.
-        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned -= tps
+        self.aligner.revoke(tps)  # buffered, never processed nor committed: the next owner reads them
+        self.paused -= tps
+        for tp in tps:
+            self.committed.pop(tp, None)
         self.metrics.rebalances.labels("revoke").inc()
         self.metrics.assigned.set(len(self.assigned))
 

@@ -57,13 +57,15 @@ def reference(
     unique: dict[str, Event] = {}
     for e in events:
         unique.setdefault(f"{type(e).__name__}:{e.event_id}", e)
-    sends: dict[tuple[str, str, str, str], Send] = {}
-    failed: dict[tuple[str, str, str, str], Send] = {}
+    # one send per (campaign, message, device) of a user key: the same device under another user key
+    # (anonymous, then logged in) is another audience member
+    sends: dict[tuple[str, str, str, str, str], Send] = {}
+    failed: dict[tuple[str, str, str, str, str], Send] = {}
     clicks: list[Click] = []
     goals: list[Goal] = []
     for e in unique.values():
         if isinstance(e, Send):
-            k = (e.project_id, e.campaign_id, e.message_id, e.device_id)
+            k = (e.project_id, e.campaign_id, e.message_id, e.device_id, e.user_key)
             if e.status == "failed":
                 failed.setdefault(k, e)
             else:
@@ -83,7 +85,7 @@ def reference(
         t["send_users"].add(s.user_key)
         t["ch"] = t["ch"] or s.channel.value
         touches[(s.project_id, s.campaign_id, "send", s.user_key)].append(s)
-    for (p, c, _, _), f in failed.items():
+    for (p, c, _, _, _), f in failed.items():
         tallies[(p, c)]["failed"] += 1
         tallies[(p, c)]["ch"] = tallies[(p, c)]["ch"] or f.channel.value
     for k in clicks:

@@ -22,13 +22,11 @@ def test_five_devices_one_user_counts_once() -> None:
 def test_two_campaigns_in_window_are_both_credited() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "c1", "d1", 0, user="u1"),
-                send("s2", "c2", "d1", HOUR, user="u1"),
-                goal("g1", "signup", "d1", 2 * HOUR, user="u1"),
-            ]
-
+        [
+            send("s1", "c1", "d1", 0, user="u1"),
+            send("s2", "c2", "d1", HOUR, user="u1"),
+            goal("g1", "signup", "d1", 2 * HOUR, user="u1"),
+        ]
     )
     assert run.tally(PROJECT, "c1")["events"]["signup"]["send"]["conversions"] == 1
     assert run.tally(PROJECT, "c2")["events"]["signup"]["send"]["conversions"] == 1
@@ -38,15 +36,13 @@ def test_two_campaigns_in_window_are_both_credited() -> None:
 def test_push_purchase_is_primary_on_click_and_still_measured_on_send() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "c1", "d1", 0, user="u1"),
-                send("s2", "c1", "d2", 0, user="u2"),
-                click("k1", "c1", "d1", 10, user="u1"),
-                goal("g1", "purchase", "d1", HOUR, user="u1", price=19900, qty=2),
-                goal("g2", "purchase", "d2", HOUR, user="u2", price=100, qty=1),
-            ]
-
+        [
+            send("s1", "c1", "d1", 0, user="u1"),
+            send("s2", "c1", "d2", 0, user="u2"),
+            click("k1", "c1", "d1", 10, user="u1"),
+            goal("g1", "purchase", "d1", HOUR, user="u1", price=19900, qty=2),
+            goal("g2", "purchase", "d2", HOUR, user="u2", price=100, qty=1),
+        ]
     )
     e = run.tally(PROJECT, "c1")["events"]["purchase"]
     assert e["primary"] == "click"
@@ -60,13 +56,11 @@ def test_push_purchase_is_primary_on_click_and_still_measured_on_send() -> None:
 def test_kakao_is_send_only_even_when_clicked() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "k", "d1", 0, user="u1", channel="kakao"),
-                click("k1", "k", "d1", 5, user="u1", channel="kakao"),
-                goal("g1", "signup", "d1", 10, user="u1"),
-            ]
-
+        [
+            send("s1", "k", "d1", 0, user="u1", channel="kakao"),
+            click("k1", "k", "d1", 5, user="u1", channel="kakao"),
+            goal("g1", "signup", "d1", 10, user="u1"),
+        ]
     )
     e = run.tally(PROJECT, "k")["events"]["signup"]
     assert (e["primary"], e["send"]["conversions"], e["click"]["conversions"]) == ("send", 1, 0)
@@ -76,15 +70,13 @@ def test_kakao_is_send_only_even_when_clicked() -> None:
 def test_in_app_is_click_only() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "ia", "d1", 0, user="u1", channel="in_app"),
-                send("s2", "ia", "d2", 0, user="u2", channel="in_app"),
-                click("k1", "ia", "d1", 5, user="u1", channel="in_app"),
-                goal("g1", "signup", "d1", 10, user="u1"),
-                goal("g2", "signup", "d2", 10, user="u2"),
-            ]
-
+        [
+            send("s1", "ia", "d1", 0, user="u1", channel="in_app"),
+            send("s2", "ia", "d2", 0, user="u2", channel="in_app"),
+            click("k1", "ia", "d1", 5, user="u1", channel="in_app"),
+            goal("g1", "signup", "d1", 10, user="u1"),
+            goal("g2", "signup", "d2", 10, user="u2"),
+        ]
     )
     e = run.tally(PROJECT, "ia")["events"]["signup"]
     assert (e["primary"], e["send"]["conversions"], e["click"]["conversions"], e["rate"]) == (
@@ -98,13 +90,11 @@ def test_in_app_is_click_only() -> None:
 def test_goal_outside_the_window_does_not_convert() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "c1", "d1", 0, user="u1"),
-                goal("g1", "signup", "d1", DAY_MS + 1, user="u1"),
-                goal("g2", "purchase", "d1", DAY_MS + 1, user="u1", price=1, qty=1),
-            ]
-
+        [
+            send("s1", "c1", "d1", 0, user="u1"),
+            goal("g1", "signup", "d1", DAY_MS + 1, user="u1"),
+            goal("g2", "purchase", "d1", DAY_MS + 1, user="u1", price=1, qty=1),
+        ]
     )
     e = run.tally(PROJECT, "c1")["events"]
     assert e["signup"]["send"]["conversions"] == 0
@@ -121,12 +111,10 @@ def test_goal_before_its_touch_arrives_is_credited() -> None:
 def test_earlier_goal_arriving_late_replaces_the_credit_under_the_same_id() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "c1", "d1", 0, user="u1"),
-                goal("g2", "purchase", "d1", 9000, user="u1", price="5", qty=1),
-            ]
-
+        [
+            send("s1", "c1", "d1", 0, user="u1"),
+            goal("g2", "purchase", "d1", 9000, user="u1", price="5", qty=1),
+        ]
     )
     run.feed_events([goal("g1", "purchase", "d1", 8000, user="u1", price="3.5", qty=2)])
     ids = {c["conversion_id"] for c in run.emitted if c["event"] == "purchase"}
@@ -150,13 +138,11 @@ def test_purchase_with_missing_quantity_counts_with_null_amount() -> None:
 def test_failed_sends_are_counted_but_never_touch() -> None:
     run = Run([settings()])
     run.feed_events(
-
-            [
-                send("s1", "c1", "d1", 0, user="u1", status="failed"),
-                send("s1b", "c1", "d1", 0, user="u1", status="failed"),
-                goal("g1", "signup", "d1", 10, user="u1"),
-            ]
-
+        [
+            send("s1", "c1", "d1", 0, user="u1", status="failed"),
+            send("s1b", "c1", "d1", 0, user="u1", status="failed"),
+            goal("g1", "signup", "d1", 10, user="u1"),
+        ]
     )
     t = run.tally(PROJECT, "c1")
     assert (t["failed"], t["sends"], t["send_users"]) == (1, 0, 0)

@@ -1,0 +1,230 @@
+"""The seed documents' examples end to end: real broker, real Redis, one worker in a thread."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from attribution.cli import main
+from attribution.errors import BadSettings
+from attribution.runtime.kafka_io import check_copartitioned
+from tests.support.kafka import Engine, TopicReader, engine_config
+from tests.support.scenarios import DAY_MS, PROJECT, click, goal, send, settings
+
+pytestmark = pytest.mark.integration
+T0 = int(time.time() * 1000) - 3600_000
+MIN = 60_000
+
+
+@pytest.fixture(scope="module")
+def engine(kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
+    eng = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+    eng.put_settings(settings())
+    worker = eng.worker_thread()
+    yield eng
+    worker.stop()
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def tallies(engine: Engine) -> TopicReader:
+    return engine.reader("tallies")
+
+
+@pytest.fixture(scope="module")
+def conversions(engine: Engine) -> TopicReader:
+    return engine.reader("conversions")
+
+
+def wait_tally(reader: TopicReader, campaign: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    def done(_: list[dict[str, Any]]) -> bool:
+        t = reader.latest_tallies().get((PROJECT, campaign))
+        return t is not None and ok(t)
+
+    reader.until(done, what=f"tally of {campaign}")
+    return reader.latest_tallies()[(PROJECT, campaign)]
+
+
+def test_five_devices_one_user_counts_once(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce([send(f"five-s{i}", "five", f"five-d{i}", T0 + i, user="five-u") for i in range(5)])
+    engine.produce([goal("five-g", "signup", "five-d2", T0 + MIN, user="five-u")])
+    t = wait_tally(tallies, "five", lambda t: t["events"]["signup"]["send"]["conversions"] == 1)
+    assert (t["sends"], t["send_users"], t["events"]["signup"]["rate"]) == (5, 1, 1.0)
+
+
+def test_two_campaigns_holding_the_goal_are_both_credited(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce(
+        [
+            send("two-s1", "two-a", "two-d", T0, user="two-u"),
+            send("two-s2", "two-b", "two-d", T0 + MIN, user="two-u"),
+            goal("two-g", "signup", "two-d", T0 + 2 * MIN, user="two-u"),
+        ]
+    )
+    for campaign in ("two-a", "two-b"):
+        wait_tally(tallies, campaign, lambda t: t["events"]["signup"]["send"]["conversions"] == 1)
+
+
+def test_push_purchase_counts_on_click_basis_and_send_basis(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce(
+        [
+            send("cb-s1", "cb", "cb-d1", T0, user="cb-u1"),
+            send("cb-s2", "cb", "cb-d2", T0, user="cb-u2"),
+            click("cb-k1", "cb", "cb-d1", T0 + 1000, user="cb-u1"),
+            goal("cb-g1", "purchase", "cb-d1", T0 + MIN, user="cb-u1", price=100, qty=1),
+            goal("cb-g2", "purchase", "cb-d2", T0 + MIN, user="cb-u2", price=100, qty=1),
+        ]
+    )
+    t = wait_tally(tallies, "cb", lambda t: t["events"]["purchase"]["send"]["conversions"] == 2)
+    e = t["events"]["purchase"]
+    assert (e["primary"], e["click"]["conversions"], e["rate"]) == ("click", 1, 1.0)
+
+
+def test_kakao_counts_on_send_basis_only(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce(
+        [
+            send("kk-s", "kk", "kk-d", T0, user="kk-u", channel="kakao"),
+            click("kk-k", "kk", "kk-d", T0 + 10, user="kk-u", channel="kakao"),
+            goal("kk-g", "signup", "kk-d", T0 + 20, user="kk-u"),
+        ]
+    )
+    t = wait_tally(tallies, "kk", lambda t: t["events"]["signup"]["send"]["conversions"] == 1)
+    assert (t["events"]["signup"]["primary"], t["events"]["signup"]["click"]["conversions"]) == ("send", 0)
+
+
+def test_in_app_counts_on_click_basis_only(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce(
+        [
+            send("ia-s", "ia", "ia-d", T0, user="ia-u", channel="in_app"),
+            click("ia-k", "ia", "ia-d", T0 + 10, user="ia-u", channel="in_app"),
+            goal("ia-g", "signup", "ia-d", T0 + 20, user="ia-u"),
+        ]
+    )
+    t = wait_tally(tallies, "ia", lambda t: t["events"]["signup"]["click"]["conversions"] == 1)
+    assert (t["events"]["signup"]["primary"], t["events"]["signup"]["send"]["conversions"]) == ("click", 0)
+
+
+def test_purchase_amount_is_amount_times_quantity(
+    engine: Engine, tallies: TopicReader, conversions: TopicReader
+) -> None:
+    engine.produce(
+        [
+            send("pq-s", "pq", "pq-d", T0, user="pq-u"),
+            click("pq-k", "pq", "pq-d", T0 + 5, user="pq-u"),
+            goal("pq-g", "purchase", "pq-d", T0 + 10, user="pq-u", price="19900", qty=2),
+        ]
+    )
+    t = wait_tally(tallies, "pq", lambda t: t["events"]["purchase"]["click"]["conversions"] == 1)
+    assert t["events"]["purchase"]["click"]["revenue"] == {"KRW": "39800"}
+    conversions.until(lambda recs: any(c["goal_event_id"] == "pq-g" for c in recs), what="pq conversion")
+    conv = next(c for c in conversions.records if c["goal_event_id"] == "pq-g" and c["basis"] == "click")
+    assert (conv["amount"], conv["currency"], conv["primary"], conv["message_id"]) == (
+        "39800",
+        "KRW",
+        True,
+        "pq-m1",
+    )
+
+
+def test_goal_arriving_before_its_touch_is_credited(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce([goal("gb-g", "signup", "gb-d", T0 + MIN, user="gb-u")])
+    engine.produce([send("gb-s", "gb", "gb-d", T0, user="gb-u")])
+    wait_tally(tallies, "gb", lambda t: t["events"]["signup"]["send"]["conversions"] == 1)
+
+
+def test_goal_outside_the_window_is_not_credited(engine: Engine, tallies: TopicReader) -> None:
+    engine.produce(
+        [
+            send("ow-s", "ow", "ow-d", T0 - 2 * DAY_MS, user="ow-u"),
+            goal("ow-g", "signup", "ow-d", T0 - DAY_MS + 1, user="ow-u"),
+            send("ow-s2", "ow", "ow-d2", T0 - 2 * DAY_MS, user="ow-u2"),
+        ]
+    )
+    t = wait_tally(tallies, "ow", lambda t: t["sends"] == 2)
+    assert t["events"]["signup"]["send"]["conversions"] == 0
+
+
+def test_malformed_input_goes_to_the_dlq_and_the_worker_keeps_going(
+    engine: Engine, tallies: TopicReader
+) -> None:
+    dlq = engine.reader("dlq")
+    engine.produce_raw("sends", b"dlq-u", b"{not json")
+    engine.produce_raw("goals", b"dlq-u", b'{"event_id": "x", "project_id": "shop"}')
+    engine.produce_raw("clicks", b"dlq-u", b'{"event_id": 5}')
+    engine.produce([send("dlq-s", "dlq", "dlq-d", T0, user="dlq-u")])
+    dlq.until(lambda recs: len(recs) >= 3, what="3 dead letters")
+    by_topic = {d["topic"].rsplit(".", 1)[1]: d for d in dlq.records}
+    assert "not JSON" in by_topic["sends"]["error"] and by_topic["sends"]["raw"] == "{not json"
+    assert "name" in by_topic["goals"]["error"] or "device_id" in by_topic["goals"]["error"]
+    assert all(isinstance(d["offset"], int) and isinstance(d["partition"], int) for d in dlq.records)
+    wait_tally(tallies, "dlq", lambda t: t["sends"] == 1)
+    dlq.close()
+
+
+def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap: str) -> None:
+    from attribution.ops.embedded import free_port
+
+    port = free_port()
+    worker = engine.worker_thread(metrics_port=port, group_id=f"{engine.config.group_id}-ops")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
+                    ready = orjson.loads(r.read())
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert ready["ok"] is True and PROJECT in ready["projects"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:  # noqa: S310
+            assert orjson.loads(r.read())["ok"] is True
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:  # noqa: S310
+            text = r.read().decode()
+        for name in (
+            "attribution_events_total",
+            "attribution_batch_seconds",
+            "attribution_consumer_lag",
+            "attribution_rebalances_total",
+            "attribution_redis_seconds",
+        ):
+            assert name in text
+    finally:
+        worker.stop()
+
+
+def test_worker_refuses_input_topics_that_are_not_copartitioned(kafka_bootstrap: str, redis_url: str) -> None:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    config = engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8])
+    admin = AdminClient(config.kafka())
+    futures = admin.create_topics(
+        [
+            NewTopic(config.topic("sends"), 3, 1),
+            NewTopic(config.topic("clicks"), 2, 1),
+            NewTopic(config.topic("goals"), 3, 1),
+        ]
+    )
+    for f in futures.values():
+        f.result(30)
+    with pytest.raises(BadSettings, match="co-partitioned"):
+        check_copartitioned(config)
+
+
+def test_settings_file_with_a_click_basis_for_kakao_is_refused(tmp_path: Any, capsys: Any) -> None:
+    doc = {
+        "project_id": "p",
+        "version": 1,
+        "conversion_events": [{"name": "purchase", "window_ms": 1000, "basis": {"kakao": "click"}}],
+    }
+    path = tmp_path / "bad.json"
+    path.write_bytes(orjson.dumps(doc))
+    assert main(["settings", "validate", str(path)]) == 2
+    assert "kakao" in capsys.readouterr().err

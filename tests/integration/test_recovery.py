@@ -1,0 +1,157 @@
+"""Crash and catch-up: outputs stay exact when a worker is killed, and when hours of backlog are
+processed in one burst."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from attribution.core.model import Click, Event, Goal, Send
+from attribution.core.rules import ProjectSettings, parse_settings
+from attribution.ops.traffic import DEMO_PROJECT, Traffic
+from attribution.state.keys import Keys
+from tests.support.kafka import Engine, TopicReader, engine_config
+from tests.support.reference import normalise_conversion, normalise_tally, reference
+
+pytestmark = pytest.mark.integration
+HOUR = 3600 * 1000
+TYPES: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
+
+SHORT_WINDOWS: ProjectSettings = parse_settings(
+    {
+        "project_id": DEMO_PROJECT,
+        "version": 1,
+        "conversion_events": [
+            {
+                "name": "purchase",
+                "window_ms": 30 * 60_000,
+                "basis": {"push": "click"},
+                "purchase": {"amount_key": "price", "quantity_key": "quantity", "currency": "KRW"},
+            },
+            {"name": "signup", "window_ms": 10 * 60_000},
+            {"name": "push_apps_subscribe", "window_ms": 5 * 60_000, "basis": {"web_push": "send"}},
+        ],
+    }
+)
+
+
+def scenario(start_ms: int, span_ms: int, step_ms: int, per_step: int, seed: int) -> list[Event]:
+    """Event-time ordered demo traffic from start_ms over span_ms, with goals up to 2 h late."""
+    traffic = Traffic(seed=seed, users=400, late_goal_ratio=0.3)
+    out: list[Event] = []
+    for now in range(start_ms, start_ms + span_ms, step_ms):
+        out += [msgspec.convert(v, TYPES[k]) for k, _, v in traffic.events(now, per_step)]
+    return out
+
+
+def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
+    """Wait until the group's committed offsets reach the end of every input partition."""
+    cfg = engine.config
+    probe = Consumer(cfg.kafka({"group.id": cfg.group_id, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(cfg.topic(k), p) for k in TYPES for p in range(cfg.partitions)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
+            behind = [
+                tp for tp in tps if committed[(tp.topic, tp.partition)] < probe.get_watermark_offsets(tp)[1]
+            ]
+            if not behind:
+                return
+            assert time.monotonic() < deadline, f"not consumed within {timeout_s} s: {behind[:3]}"
+            time.sleep(0.2)
+    finally:
+        probe.close()
+
+
+def tallies_settled(engine: Engine, redis_url: str, reader: TopicReader, timeout_s: float = 60.0) -> None:
+    """Wait until no campaign is waiting for its tally to be published, then read the topic to its end."""
+    client = redis.Redis.from_url(redis_url)
+    dirty = Keys(engine.config.redis_prefix).dirty
+    deadline = time.monotonic() + timeout_s
+    while client.zcard(dirty):
+        assert time.monotonic() < deadline, "tallies still dirty"
+        time.sleep(0.1)
+    client.close()
+    reader.read_to_end()
+
+
+def assert_exact(
+    events: list[Event], settings: ProjectSettings, tallies: TopicReader, convs: TopicReader
+) -> int:
+    want_tallies, want_convs = reference(events, {settings.project_id: settings})
+    got = tallies.latest_tallies()
+    assert set(got) == set(want_tallies)
+    for key, want in want_tallies.items():
+        assert normalise_tally(got[key]) == want, key
+    latest = {cid: normalise_conversion(c) for cid, c in convs.latest_by_id().items()}
+    assert latest == {cid: normalise_conversion(c) for cid, c in want_convs.items()}
+    return len(convs.records) - len(latest)  # records that repeat an existing conversion_id
+
+
+@pytest.fixture
+def fresh_engine(kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
+    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=300))
+    yield engine
+    engine.close()
+
+
+def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: Engine, redis_url: str) -> None:
+    engine = fresh_engine
+    engine.put_settings(SHORT_WINDOWS)
+    start = int(time.time() * 1000) - 2 * HOUR
+    events = scenario(start, 20 * 60_000, 1000, 12, seed=11)
+    engine.produce(events)
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    kills = 0
+    for _ in range(2):  # kill -9 twice, each time after the worker made some progress
+        proc = engine.worker_process()
+        convs.until(lambda recs, n=len(convs.records): len(recs) > n + 20, timeout_s=60, what="progress")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+    final = engine.worker_process()
+    try:
+        consumed_everything(engine)
+        tallies_settled(engine, redis_url, tallies)
+        convs.read_to_end()
+    finally:
+        final.send_signal(signal.SIGTERM)
+        assert final.wait(60) == 0
+    repeats = assert_exact(events, SHORT_WINDOWS, tallies, convs)
+    print(f"{len(events)} events, {kills} kills, {repeats} repeated conversion records")
+
+
+def test_hours_old_backlog_in_one_burst_equals_live(kafka_bootstrap: str, redis_url: str) -> None:
+    start = int(time.time() * 1000) - 8 * HOUR
+    events = scenario(start, 6 * HOUR, 10_000, 4, seed=5)
+    results: dict[str, dict[Any, Any]] = {}
+    for mode in ("live", "burst"):
+        engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=2000))
+        engine.put_settings(SHORT_WINDOWS)
+        tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+        if mode == "burst":
+            engine.produce(events)
+            worker = engine.worker_thread()
+        else:
+            worker = engine.worker_thread()
+            for i in range(0, len(events), 500):  # arrives over time while the worker runs
+                engine.produce(events[i : i + 500])
+        try:
+            consumed_everything(engine)
+            tallies_settled(engine, redis_url, tallies)
+            convs.read_to_end()
+        finally:
+            worker.stop()
+            engine.close()
+        assert_exact(events, SHORT_WINDOWS, tallies, convs)
+        results[mode] = {k: normalise_tally(v) for k, v in tallies.latest_tallies().items()}
+    assert results["live"] == results["burst"]

@@ -1,0 +1,199 @@
+"""Real-broker helpers for integration tests: an isolated engine (own topics, Redis prefix, group),
+a worker in a thread or a process, producing events and reading outputs with deadlines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from attribution.core.model import Event
+from attribution.core.rules import ProjectSettings
+from attribution.ops.config import Config, load_config
+from attribution.runtime.kafka_io import create_topics, put_settings
+from attribution.runtime.worker import Worker
+from tests.support.harness import kind
+
+
+def engine_config(kafka: str, redis_url: str, unique: str, **overrides: Any) -> Config:
+    return load_config(
+        kafka_bootstrap_servers=kafka,
+        redis_url=redis_url,
+        topic_prefix=f"t{unique}.",
+        group_id=f"g{unique}",
+        redis_prefix=f"r{unique}",
+        metrics_port=0,
+        session_timeout_ms=6000,
+        tally_interval_ms=100,
+        partitions=3,
+        **overrides,
+    )
+
+
+def env_of(config: Config) -> dict[str, str]:
+    """The environment that makes `attribution worker` use ``config``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTRIBUTION_", "KAFKA_", "REDIS_"))}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = config.kafka_bootstrap_servers
+    env["REDIS_URL"] = config.redis_url.get_secret_value()
+    for name in (
+        "topic_prefix",
+        "group_id",
+        "redis_prefix",
+        "metrics_port",
+        "session_timeout_ms",
+        "tally_interval_ms",
+        "grace_ms",
+        "batch_size",
+    ):
+        env[f"ATTRIBUTION_{name.upper()}"] = str(getattr(config, name))
+    return env
+
+
+@dataclass
+class Engine:
+    config: Config
+    producer: Producer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readers: list[TopicReader] = []
+        create_topics(self.config)
+        self.producer = Producer(self.config.kafka({"enable.idempotence": True, "linger.ms": 5}))
+
+    def put_settings(self, *settings: ProjectSettings) -> None:
+        put_settings(self.config, settings)
+
+    def produce(self, events: Iterable[Event]) -> int:
+        n = 0
+        for e in events:
+            self.producer.produce(
+                self.config.topic(kind(e)), key=e.user_key.encode(), value=msgspec.json.encode(e)
+            )
+            n += 1
+            if n % 10_000 == 0:
+                self.producer.poll(0)
+        assert self.producer.flush(30) == 0
+        return n
+
+    def produce_raw(self, kind_name: str, key: bytes | None, value: bytes) -> None:
+        self.producer.produce(self.config.topic(kind_name), key=key, value=value)
+        assert self.producer.flush(30) == 0
+
+    def reader(self, kind_name: str) -> TopicReader:
+        reader = TopicReader(self.config, self.config.topic(kind_name))
+        self.readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        self.readers.clear()
+
+    def worker_thread(self, **overrides: Any) -> WorkerThread:
+        config = self.config.model_copy(update=overrides) if overrides else self.config
+        return WorkerThread(Worker(config))
+
+    def worker_process(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "attribution.cli", "worker"],
+            env=env_of(self.config),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+
+class WorkerThread:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "worker did not stop within 60 s"
+        if self.error is not None:
+            raise self.error
+
+
+class TopicReader:
+    """Reads a whole topic (all partitions, from the beginning), keeping what it has seen."""
+
+    def __init__(self, config: Config, topic: str) -> None:
+        self.consumer = Consumer(
+            config.kafka(
+                {
+                    "group.id": f"reader-{topic}-{time.monotonic_ns()}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                }
+            )
+        )
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+        self.records: list[dict[str, Any]] = []
+        self.closed = False
+
+    def poll(self, timeout_s: float = 0.2) -> list[dict[str, Any]]:
+        fresh = []
+        for msg in self.consumer.consume(10_000, timeout_s):
+            value = msg.value()
+            if msg.error() is None and value is not None:
+                fresh.append(orjson.loads(value))
+        self.records += fresh
+        return fresh
+
+    def read_to_end(self, timeout_s: float = 30.0) -> None:
+        """Consume until the position of every partition reaches its high watermark as of now."""
+        assignment = self.consumer.assignment()
+        ends = {
+            (tp.topic, tp.partition): self.consumer.get_watermark_offsets(tp, timeout=10)[1]
+            for tp in assignment
+        }
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assignment)}
+            if all(end == 0 or positions[k] >= end for k, end in ends.items()):
+                return
+            assert time.monotonic() < deadline, f"topic not read to its end: {positions} < {ends}"
+            self.poll()
+
+    def until(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 45.0, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what or done}")
+            self.poll()
+
+    def latest_tallies(self) -> dict[tuple[str, str], dict[str, Any]]:
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for t in self.records:
+            key = (t["project_id"], t["campaign_id"])
+            if t["version"] >= latest.get(key, {"version": -1})["version"]:
+                latest[key] = t
+        return latest
+
+    def latest_by_id(self) -> dict[str, dict[str, Any]]:
+        return {c["conversion_id"]: c for c in self.records}
+
+    def close(self) -> None:
+        if not self.closed:
+            self.consumer.close()
+            self.closed = True
