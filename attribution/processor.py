@@ -18,6 +18,7 @@ import orjson
 
 from attribution.core import user as user_rules
 from attribution.core.model import Click, Event, Goal, Located, Position, Send
+from attribution.core.money import add
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import SettingsBook
 from attribution.core.tally import CampaignDelta
@@ -55,7 +56,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     amount_missing: Counter[str] = field(default_factory=Counter)
-    campaigns: set[str] = field(default_factory=set)
+    campaigns: set[tuple[str, str]] = field(default_factory=set)
     redis_seconds: dict[str, float] = field(default_factory=dict)
     conflicts: int = 0
 
@@ -159,7 +160,7 @@ class Processor:
         conversions: list[Conversion] = []
         outcomes: Counter[tuple[str, str]] = Counter()
         amount_missing: Counter[str] = Counter()
-        campaigns: dict[str, CampaignDelta] = {}
+        campaigns: dict[tuple[str, str], CampaignDelta] = {}
         grace = self.config.grace_ms
         for key, ((project, user_key), located) in zip(user_keys, groups.items(), strict=True):
             version, blob = loaded.users[key]
@@ -187,7 +188,7 @@ class Processor:
         counters = [
             CounterWrite(
                 key=self.keys.campaign(d.project_id, d.campaign_id),
-                member=d.member,
+                member=self.keys.member(d.project_id, d.campaign_id),
                 as_of_ts=d.as_of_ts,
                 channel=d.channel,
                 counts=d.counts,
@@ -208,13 +209,13 @@ class Processor:
         result.campaigns.update(campaigns)
 
 
-def _merge(into: dict[str, CampaignDelta], delta: CampaignDelta) -> None:
-    known = into.get(delta.member)
+def _merge(into: dict[tuple[str, str], CampaignDelta], delta: CampaignDelta) -> None:
+    known = into.get(delta.ident)
     if known is None:
-        into[delta.member] = delta
+        into[delta.ident] = delta
         return
     for name, n in delta.counts.items():
         known.add(name, n)
     for name, amount in delta.revenue.items():
-        known.revenue[name] = known.revenue.get(name, Decimal(0)) + amount
+        known.revenue[name] = add(known.revenue.get(name, Decimal(0)), amount)
     known.seen(delta.as_of_ts, delta.channel)

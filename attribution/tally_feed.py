@@ -19,7 +19,8 @@ Publish = Callable[[str, dict[str, Any]], None]
 
 
 class TallyFeed:
-    """``publish_dirty`` reads up to ``limit`` dirty campaigns, hands snapshots to ``publish``, then
+    """``publish_dirty`` reads up to ``limit`` dirty campaigns, hands snapshots to ``publish`` (with the
+    Kafka key ``project_id:campaign_id``), then
     calls ``flush`` (which must make them durable) and acknowledges them."""
 
     def __init__(self, store: Store, keys: Keys, settings: SettingsBook, limit: int = 5000) -> None:
@@ -32,15 +33,17 @@ class TallyFeed:
         members = self.store.dirty(self.limit)
         if not members:
             return 0
-        keys = [self.keys.campaign_of_member(m) for m in members]
+        idents = [self.keys.parse_member(m) for m in members]
+        keys = [self.keys.campaign(p, c) for p, c in idents]
         published: list[tuple[str, str, int]] = []
-        for key, member, fields in zip(keys, members, self.store.counters(keys), strict=True):
+        for key, member, (project_id, campaign_id), fields in zip(
+            keys, members, idents, self.store.counters(keys), strict=True
+        ):
             if not fields:  # expired or never written: nothing to say, forget the mark
                 published.append((key, member, 0))
                 continue
-            project_id, campaign_id = member.split(":", 1)
             snap = snapshot(project_id, campaign_id, fields, self.settings.get(project_id))
-            publish(member, snap)
+            publish(f"{project_id}:{campaign_id}", snap)
             published.append((key, member, snap["version"]))
         flush()
         self.store.ack(published)

@@ -1,43 +1,64 @@
-"""Exact money: purchase amounts as Decimal, serialised as strings, summed per currency."""
+"""Exact money: purchase amounts as Decimal, serialised as strings, summed per currency.
+
+Amounts are bounded (at most ``MAX_DIGITS`` significant digits, exponent within ``MAX_EXPONENT``) so
+that products and sums stay exact in the ``MONEY`` context; anything else counts as "not numeric".
+"""
 
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation, Overflow, Rounded
 from typing import Any
 
 from attribution.core.rules import Purchase
 
+MAX_DIGITS = 24
+MAX_EXPONENT = 18
+#: Wide enough that no sum of bounded amounts is ever rounded; rounding raises instead of hiding.
+MONEY = Context(prec=120, Emax=999, Emin=-999, traps=[InvalidOperation, Overflow, Inexact, Rounded])
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
 
 def to_decimal(value: Any) -> Decimal | None:
-    """A JSON number or numeric string as an exact Decimal; None for anything else (bool, NaN, text)."""
+    """A JSON number or numeric string as an exact, bounded Decimal; None for anything else."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
+        d = Decimal(value)
+    elif isinstance(value, float):
         if not math.isfinite(value):
             return None
-        # repr() is the shortest string that round-trips: 19.99 stays 19.99, not 19.989999...
-        return Decimal(repr(value))
-    if isinstance(value, str):
-        try:
-            d = Decimal(value.strip())
-        except InvalidOperation:
-            return None
-        return d if d.is_finite() else None
-    return None
+        d = Decimal(repr(value))  # repr() is the shortest round-trip: 19.99 stays 19.99
+    elif isinstance(value, str) and value.isascii() and _NUMBER.match(value.strip()):
+        d = Decimal(value.strip())
+    else:
+        return None
+    digits = len(d.as_tuple().digits)
+    if digits > MAX_DIGITS or abs(d.adjusted()) > MAX_EXPONENT:
+        return None
+    return d
 
 
 def purchase_amount(purchase: Purchase, properties: dict[str, Any]) -> Decimal | None:
     """``amount * quantity`` read from a goal's properties, or None when either is missing or not numeric."""
     amount = to_decimal(properties.get(purchase.amount_key))
+    if amount is None:
+        return None
     if purchase.quantity_key is None:
         return amount
     quantity = to_decimal(properties.get(purchase.quantity_key))
-    if amount is None or quantity is None:
+    if quantity is None:
         return None
-    return amount * quantity
+    try:
+        return MONEY.multiply(amount, quantity)
+    except DecimalException:
+        return None
+
+
+def add(a: Decimal, b: Decimal) -> Decimal:
+    """Exact sum (raises rather than round)."""
+    return MONEY.add(a, b)
 
 
 def fmt(value: Decimal) -> str:

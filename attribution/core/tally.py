@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from attribution.core.model import Basis, Channel
-from attribution.core.money import fmt
+from attribution.core.money import add, fmt
 from attribution.core.rules import ProjectSettings
 
 COUNTS = ("sends", "send_users", "failed", "clicks", "click_users")
@@ -41,7 +41,7 @@ class CampaignDelta:
 
     def add_revenue(self, event: str, basis: str, currency: str, amount: Decimal) -> None:
         f = revenue_field(event, basis, currency)
-        self.revenue[f] = self.revenue.get(f, Decimal(0)) + amount
+        self.revenue[f] = add(self.revenue.get(f, Decimal(0)), amount)
 
     def seen(self, ts: int, channel: str | None = None) -> None:
         self.as_of_ts = max(self.as_of_ts, ts)
@@ -49,9 +49,8 @@ class CampaignDelta:
             self.channel = channel
 
     @property
-    def member(self) -> str:
-        """The campaign's name in the dirty set and the Kafka key of its tally."""
-        return f"{self.project_id}:{self.campaign_id}"
+    def ident(self) -> tuple[str, str]:
+        return (self.project_id, self.campaign_id)
 
 
 def snapshot(

@@ -317,7 +317,7 @@ def _count_credit(project_id: str, new: Credit, old: Credit | None, out: Outcome
         if new.currency is not None and new.amount is None:
             out.amount_missing.append(new.event)
     elif old.amount is not None and old.currency is not None:
-        delta.add_revenue(old.event, old.basis, old.currency, -Decimal(old.amount))
+        delta.add_revenue(old.event, old.basis, old.currency, Decimal(old.amount).copy_negate())
     if new.amount is not None and new.currency is not None:
         delta.add_revenue(new.event, new.basis, new.currency, Decimal(new.amount))
 

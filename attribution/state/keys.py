@@ -14,14 +14,25 @@ key                                         type    contents
                                                     ``r|event|basis|currency`` (decimal strings),
                                                     ``version``, ``as_of``, ``channel``
 ``<prefix>:clock:{p<partition>}``           string  newest event ts (ms) seen on that input partition
-``<prefix>:dirty``                          zset    ``project:campaign`` members whose tally must be
-                                                    (re)published; score = first-dirty wall ms
+``<prefix>:dirty``                          zset    ``["project","campaign"]`` (JSON) members whose
+                                                    tally must be (re)published; score = first-dirty ms
 ==========================================  ======  ====================================================
+
+Ids inside a hash tag are escaped (``%`` ``|`` ``{`` ``}`` as ``%25`` ``%7C`` ``%7B`` ``%7D``) so that two
+different (project, id) pairs can never name the same key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import orjson
+
+_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
+
+
+def _tag(project_id: str, other: str) -> str:
+    return f"{{{project_id.translate(_ESCAPES)}|{other.translate(_ESCAPES)}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +40,20 @@ class Keys:
     prefix: str = "attribution"
 
     def user(self, project_id: str, user_key: str) -> str:
-        return f"{self.prefix}:u:{{{project_id}|{user_key}}}"
+        return f"{self.prefix}:u:{_tag(project_id, user_key)}"
 
     def campaign(self, project_id: str, campaign_id: str) -> str:
-        return f"{self.prefix}:c:{{{project_id}|{campaign_id}}}"
+        return f"{self.prefix}:c:{_tag(project_id, campaign_id)}"
 
-    def campaign_of_member(self, member: str) -> str:
-        project_id, campaign_id = member.split(":", 1)
-        return self.campaign(project_id, campaign_id)
+    @staticmethod
+    def member(project_id: str, campaign_id: str) -> str:
+        """A campaign's name in the dirty set: unambiguous whatever characters the ids hold."""
+        return orjson.dumps([project_id, campaign_id]).decode()
+
+    @staticmethod
+    def parse_member(member: str) -> tuple[str, str]:
+        project_id, campaign_id = orjson.loads(member)
+        return str(project_id), str(campaign_id)
 
     def clock(self, partition: int) -> str:
         return f"{self.prefix}:clock:{{p{partition}}}"

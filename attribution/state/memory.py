@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from attribution.core.money import fmt
+from attribution.core.money import add, fmt
 from attribution.errors import StateConflict
 from attribution.state.base import CounterWrite, Loaded, UserWrite
 
@@ -47,7 +47,7 @@ class MemoryStore:
             for name, n in c.counts.items():
                 h[name] = str(int(h.get(name, "0")) + n)
             for name, amount in c.revenue.items():
-                h[name] = fmt(Decimal(h.get(name, "0")) + amount)
+                h[name] = fmt(add(Decimal(h.get(name, "0")), amount))
             h["as_of"] = str(max(int(h.get("as_of", "0")), c.as_of_ts))
             if c.channel:
                 h.setdefault("channel", c.channel)

@@ -175,7 +175,7 @@ def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
                     ready = orjson.loads(r.read())
                     break
             except OSError:
@@ -183,9 +183,9 @@ def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap
                     raise
                 time.sleep(0.1)
         assert ready["ok"] is True and PROJECT in ready["projects"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
             assert orjson.loads(r.read())["ok"] is True
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
         for name in (
             "attribution_events_total",

@@ -114,7 +114,8 @@ def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: En
     kills = 0
     for _ in range(2):  # kill -9 twice, each time after the worker made some progress
         proc = engine.worker_process()
-        convs.until(lambda recs, n=len(convs.records): len(recs) > n + 20, timeout_s=60, what="progress")
+        target = len(convs.records) + 20
+        convs.until(lambda recs: len(recs) > target, timeout_s=60, what="progress")  # noqa: B023
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
@@ -127,7 +128,7 @@ def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: En
         final.send_signal(signal.SIGTERM)
         assert final.wait(60) == 0
     repeats = assert_exact(events, SHORT_WINDOWS, tallies, convs)
-    print(f"{len(events)} events, {kills} kills, {repeats} repeated conversion records")
+    print(f"{len(events)} events, {kills} kills, {repeats} repeated conversion records")  # noqa: T201
 
 
 def test_hours_old_backlog_in_one_burst_equals_live(kafka_bootstrap: str, redis_url: str) -> None:

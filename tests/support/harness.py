@@ -35,7 +35,7 @@ def to_records(
     prefix: str = "",
     offsets: dict[tuple[str, int], int] | None = None,
 ) -> list[Record]:
-    """Records in the given arrival order; ``offsets`` (next offset per (kind, partition)) carries on across calls."""
+    """Records in arrival order; ``offsets`` (next offset per (kind, partition)) carries on across calls."""
     offsets = {} if offsets is None else offsets
     out = []
     for e in events:

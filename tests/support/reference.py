@@ -75,7 +75,7 @@ def reference(
         else:
             goals.append(e)
 
-    tallies: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+    tallies: defaultdict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"sends": 0, "send_users": set(), "failed": 0, "clicks": 0, "click_users": set(), "ch": None}
     )
     touches: dict[tuple[str, str, str, str], list[Send | Click]] = defaultdict(list)
@@ -88,21 +88,21 @@ def reference(
     for (p, c, _, _, _), f in failed.items():
         tallies[(p, c)]["failed"] += 1
         tallies[(p, c)]["ch"] = tallies[(p, c)]["ch"] or f.channel.value
-    for k in clicks:
-        t = tallies[(k.project_id, k.campaign_id)]
+    for ck in clicks:
+        t = tallies[(ck.project_id, ck.campaign_id)]
         t["clicks"] += 1
-        t["click_users"].add(k.user_key)
-        t["ch"] = t["ch"] or k.channel.value
-        touches[(k.project_id, k.campaign_id, "click", k.user_key)].append(k)
+        t["click_users"].add(ck.user_key)
+        t["ch"] = t["ch"] or ck.channel.value
+        touches[(ck.project_id, ck.campaign_id, "click", ck.user_key)].append(ck)
 
     convs: dict[str, dict[str, Any]] = {}
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     revenue: dict[tuple[str, str, str, str], dict[str, Decimal]] = defaultdict(dict)
-    for (project, campaign, basis, user), ts_list in touches.items():
+    for (project, campaign, basis, user), all_touches in touches.items():
         cfg = settings.get(project)
         if cfg is None:
             continue
-        ts_list = [t for t in ts_list if _allows(t.channel.value, basis)]
+        ts_list = [t for t in all_touches if _allows(t.channel.value, basis)]
         for ev in cfg.conversion_events:
             candidates = sorted(
                 (g for g in goals if g.project_id == project and g.user_key == user and g.name == ev.name),
@@ -153,20 +153,22 @@ def reference(
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for (project, campaign), t in tallies.items():
         cfg = settings.get(project)
-        events: dict[str, Any] = {}
+        per_event: dict[str, Any] = {}
         for ev in cfg.conversion_events if cfg else []:
             primary = _primary(t["ch"], dict(ev.basis)) if t["ch"] else "send"
-            per = {
+            per: dict[str, dict[str, Any]] = {
                 b: {
                     "conversions": counts[(project, campaign, ev.name, b)],
                     "revenue": {
-                        c: v.normalize() for c, v in revenue[(project, campaign, ev.name, b)].items()
+                        c: v.normalize()
+                        for c, v in revenue[(project, campaign, ev.name, b)].items()
+                        if v != 0  # a zero total is not listed (the engine's rule too)
                     },
                 }
                 for b in ("send", "click")
             }
             reached = len(t["send_users"] if primary == "send" else t["click_users"])
-            events[ev.name] = {
+            per_event[ev.name] = {
                 "primary": primary,
                 **per,
                 "rate": round(per[primary]["conversions"] / reached, 6) if reached else 0.0,
@@ -179,7 +181,7 @@ def reference(
             "failed": t["failed"],
             "clicks": t["clicks"],
             "click_users": len(t["click_users"]),
-            "events": events,
+            "events": per_event,
         }
     return out, convs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from attribution.core.model import Event
 from tests.support.harness import Run
 from tests.support.scenarios import DAY_MS, PROJECT, click, goal, send, settings
 
@@ -10,7 +11,7 @@ HOUR = 3600 * 1000
 
 def test_five_devices_one_user_counts_once() -> None:
     run = Run([settings()])
-    events = [send(f"s{i}", "c1", f"d{i}", 1000 + i, user="u1") for i in range(5)]
+    events: list[Event] = [send(f"s{i}", "c1", f"d{i}", 1000 + i, user="u1") for i in range(5)]
     events.append(goal("g1", "signup", "d3", 2 * HOUR, user="u1"))
     run.feed_events(events)
     t = run.tally(PROJECT, "c1")
