@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -65,6 +66,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.readers: list[TopicReader] = []
+        self.logs: list[str] = []
         create_topics(self.config)
         self.producer = Producer(self.config.kafka({"enable.idempotence": True, "linger.ms": 5}))
 
@@ -102,12 +104,16 @@ class Engine:
         return WorkerThread(Worker(config))
 
     def worker_process(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "attribution.cli", "worker"],
-            env=env_of(self.config),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        """`attribution worker` in a child process; its log goes to a temporary file (see ``logs``)."""
+        log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
+        self.logs.append(log.name)
+        with log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "attribution.cli", "worker"],
+                env=env_of(self.config),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
 
 class WorkerThread:
