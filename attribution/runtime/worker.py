@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from attribution.core.rules import SettingsBook
 from attribution.errors import AttributionError
@@ -243,16 +243,22 @@ class Worker:
         m.conflicts.inc(result.conflicts)
 
     def _export_lag(self, consumer: Consumer) -> None:
-        for topic, partition in sorted(self.assigned):
-            tp = TopicPartition(topic, partition)
+        """Lag from the high watermark librdkafka caches from every fetch: no broker round trip."""
+        assigned = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        if not assigned:
+            return
+        try:
+            positions = consumer.position(assigned)
+        except KafkaException as exc:  # lag is best effort: never stop the worker for it
+            log.debug("positions unknown: %s", exc)
+            return
+        for tp in positions:
             try:
-                _, high = consumer.get_watermark_offsets(tp, timeout=1.0)
-                position = consumer.position([tp])[0].offset
-            except Exception as exc:  # lag is best effort: never stop the worker for it
-                log.debug("lag of %s[%d] unknown: %s", topic, partition, exc)
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
                 continue
-            if position >= 0:
-                self.metrics.lag.labels(topic, str(partition)).set(max(0, high - position))
+            if tp.offset >= 0 and high >= 0:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
     def _export_settings(self) -> None:
         for project in self.book.projects():

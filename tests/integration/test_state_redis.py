@@ -340,13 +340,7 @@ def test_scripts_are_reloaded_after_script_flush(store: RedisStore, client: redi
 
 
 def _run(store: Any, keys: Keys, batches: list[list[Event]], replay: int | None) -> Run:
-    run = Run([SETTINGS], store=store, keys=keys, grace_ms=GRACE_MS)
-    for i, batch in enumerate(batches):
-        records = run.records(batch)
-        run.feed(records)
-        if i == replay:
-            run.feed(records)
-    return run
+    return Run([SETTINGS], store=store, keys=keys, grace_ms=GRACE_MS).deliver(batches, replay)
 
 
 @settings(

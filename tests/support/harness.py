@@ -70,6 +70,15 @@ class Run:
     def feed_events(self, events: Iterable[Event]) -> None:
         self.feed(self.records(events))
 
+    def deliver(self, batches: Sequence[Sequence[Event]], replay: int | None = None) -> Run:
+        """Feed batches in order; batch ``replay`` is delivered twice (a crash before its commit)."""
+        for i, batch in enumerate(batches):
+            records = self.records(batch)
+            self.feed(records)
+            if i == replay:
+                self.feed(records)
+        return self
+
     def feed(self, records: Sequence[Record]) -> None:
         result = self.processor.process(records, now_ms=0)
         self.emitted += [orjson.loads(msgspec.json.encode(c)) for c in result.conversions]

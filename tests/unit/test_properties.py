@@ -84,13 +84,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[Event], list[list[Event]], int | N
 
 
 def _engine(batches: list[list[Event]], replay: int | None) -> Run:
-    run = Run([SETTINGS], grace_ms=GRACE_MS)
-    for i, batch in enumerate(batches):
-        records = run.records(batch)
-        run.feed(records)
-        if i == replay:
-            run.feed(records)
-    return run
+    return Run([SETTINGS], grace_ms=GRACE_MS).deliver(batches, replay)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
