@@ -7,6 +7,7 @@ A mark is removed only if the campaign did not change after its snapshot was rea
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,5 +47,5 @@ class TallyFeed:
             publish(f"{project_id}:{campaign_id}", snap)
             published.append((key, member, snap["version"]))
         flush()
-        self.store.ack(published)
+        self.store.ack(published, int(time.time() * 1000))
         return len(members)

@@ -352,8 +352,8 @@ def _evict(state: UserState, settings: ProjectSettings | None, clock_ms: int, gr
     goal_horizon = clock_ms - grace_ms
     state.touches = [t for t in state.touches if t.ts >= touch_horizon]
     state.goals = [g for g in state.goals if g.ts >= goal_horizon]
-    state.failed = [f for f in state.failed if f.ts >= goal_horizon]
+    state.failed = [f for f in state.failed if f.ts >= touch_horizon]  # same dedupe horizon as sends
     ends = [t.ts + window + grace_ms for t in state.touches]
     ends += [g.ts + grace_ms for g in state.goals]
-    ends += [f.ts + grace_ms for f in state.failed]
+    ends += [f.ts + window + grace_ms for f in state.failed]
     state.expires_ts = max([state.expires_ts, clock_ms, *ends])

@@ -7,11 +7,13 @@ services; any other ``KAFKA_*`` variable is passed to librdkafka (``KAFKA_SASL_M
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+import redis.connection
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attribution.errors import BadSettings
@@ -55,6 +57,15 @@ class Config(BaseSettings):
     replication_factor: int = Field(1, ge=1, le=10)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: SecretStr) -> SecretStr:
+        try:
+            redis.connection.parse_url(value.get_secret_value())  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL ({exc})") from None
+        return value
+
     def topic(self, kind: str) -> str:
         """The full topic name of ``kind`` (sends, clicks, goals, settings, conversions, tallies, dlq)."""
         return f"{self.topic_prefix}{kind}"
@@ -67,26 +78,53 @@ class Config(BaseSettings):
         return conf
 
 
+def kafka_env_name(prop: str) -> str:
+    """The environment variable that sets librdkafka property ``prop``."""
+    return "KAFKA_" + prop.replace("_", "__").replace(".", "_").upper()
+
+
+def _service_link(name: str) -> bool:
+    # Kubernetes injects KAFKA_SERVICE_HOST, KAFKA_PORT, KAFKA_PORT_9092_TCP_ADDR... for a Service
+    # named "kafka": they are not librdkafka properties.
+    return name.startswith(("KAFKA_SERVICE_", "KAFKA_PORT"))
+
+
 def kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
     """``KAFKA_SASL_MECHANISM=PLAIN`` -> ``{"sasl.mechanism": "PLAIN"}``, for all KAFKA_* but bootstrap."""
     # a double underscore stands for a literal underscore in the librdkafka property name
     out: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith("KAFKA_") or name == "KAFKA_BOOTSTRAP_SERVERS":
+        if not name.startswith("KAFKA_") or name == "KAFKA_BOOTSTRAP_SERVERS" or _service_link(name):
             continue
         key = name[len("KAFKA_") :].lower().replace("__", "\0").replace("_", ".").replace("\0", "_")
         out[key] = value
     return out
 
 
+#: Read elsewhere (attribution.contract), not by Config.
+OTHER_SETTINGS = frozenset({"ATTRIBUTION_TOPICS_DIR"})
+
+
+def _check_names(environ: Mapping[str, str]) -> None:
+    """A misspelt ATTRIBUTION_* variable would be silently ignored: refuse it, with a suggestion."""
+    known = {f"ATTRIBUTION_{name.upper()}" for name in Config.model_fields} | OTHER_SETTINGS
+    for name in environ:
+        if name.startswith("ATTRIBUTION_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise BadSettings(name, f"unknown setting{hint}")
+
+
 def load_config(**overrides: Any) -> Config:
     """Read and validate the settings; a bad one raises BadSettings naming the environment variable."""
+    _check_names(os.environ)
     try:
         return Config(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
+        field = str(first["loc"][0]).lower() if first["loc"] else "settings"
         env = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}.get(
             field, f"ATTRIBUTION_{field.upper()}"
         )
-        raise BadSettings(env, f"{first['msg']} (got {first.get('input')!r})") from None
+        shown = "" if field == "redis_url" else f" (got {first.get('input')!r})"  # may hold a password
+        raise BadSettings(env, f"{first['msg']}{shown}") from None

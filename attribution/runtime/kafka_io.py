@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -16,19 +17,37 @@ from confluent_kafka.cimpl import NewTopic
 
 from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
 from attribution.errors import AttributionError, BadSettings
-from attribution.ops.config import INPUT_KINDS, OUTPUT_KINDS, Config
+from attribution.ops.config import INPUT_KINDS, OUTPUT_KINDS, Config, kafka_env_name
 
 log = logging.getLogger(__name__)
 COMPACTED = ("settings", "tallies")
 
 
+C = TypeVar("C")
+
+
+def _client(cls: Callable[[dict[str, Any]], C], conf: dict[str, Any]) -> C:
+    """Build a client; a configuration librdkafka refuses is a BadSettings naming the KAFKA_* variable."""
+    try:
+        return cls(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        text = str(exc)
+        match = re.search(r'property:? "?([a-z0-9._]+)', text)
+        raise BadSettings(kafka_env_name(match.group(1)) if match else "KAFKA_*", text) from None
+
+
 def admin(config: Config) -> AdminClient:
-    return AdminClient(config.kafka())
+    return _client(AdminClient, config.kafka())
+
+
+def consumer(config: Config, extra: Mapping[str, Any]) -> Consumer:
+    return _client(Consumer, config.kafka(extra))
 
 
 def producer(config: Config, **extra: Any) -> Producer:
     """An idempotent producer: retries never duplicate or reorder within a partition."""
-    return Producer(
+    return _client(
+        Producer,
         config.kafka(
             {
                 "enable.idempotence": True,
@@ -38,7 +57,7 @@ def producer(config: Config, **extra: Any) -> Producer:
                 "queue.buffering.max.messages": 1_000_000,
                 **extra,
             }
-        )
+        ),
     )
 
 
@@ -93,15 +112,14 @@ class SettingsFeed:
         self.config = config
         self.book = book
         self.rejected: list[tuple[int, str]] = []
-        self.consumer = Consumer(
-            config.kafka(
-                {
-                    "group.id": f"{config.group_id}-settings-{uuid.uuid4().hex[:8]}",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "enable.partition.eof": True,
-                }
-            )
+        self.consumer = consumer(
+            config,
+            {
+                "group.id": f"{config.group_id}-settings-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            },
         )
         topic = config.topic("settings")
         metadata = self.consumer.list_topics(topic, timeout=15)

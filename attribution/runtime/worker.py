@@ -73,19 +73,18 @@ class Worker:
         settings.load_all()
         self._export_settings()
         producer = kafka_io.producer(cfg, on_delivery=self._on_delivery)
-        consumer = Consumer(
-            cfg.kafka(
-                {
-                    "group.id": cfg.group_id,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": cfg.session_timeout_ms,
-                    # the aligner must know when a topic-partition has nothing more to give
-                    "enable.partition.eof": True,
-                    # range keeps partition p of every input topic on one member: co-partitioned work
-                    "partition.assignment.strategy": "range",
-                }
-            )
+        consumer = kafka_io.consumer(
+            cfg,
+            {
+                "group.id": cfg.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": cfg.session_timeout_ms,
+                # the aligner must know when a topic-partition has nothing more to give
+                "enable.partition.eof": True,
+                # range keeps partition p of every input topic on one member: co-partitioned work
+                "partition.assignment.strategy": "range",
+            },
         )
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -208,6 +207,8 @@ class Worker:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned |= tps
         self.aligner.assign(tps)
+        # librdkafka remembers a pause across revoke/assign; our backpressure starts afresh
+        consumer.resume(partitions)
         self.metrics.rebalances.labels("assign").inc()
         self.metrics.assigned.set(len(self.assigned))
         log.info("assigned %s", sorted(self.assigned))

@@ -51,7 +51,7 @@ class MemoryStore:
             h["as_of"] = str(max(int(h.get("as_of", "0")), c.as_of_ts))
             if c.channel:
                 h.setdefault("channel", c.channel)
-            h["version"] = str(int(h.get("version", "0")) + 1)
+            h["version"] = str(max(int(h.get("version", "0")) + 1, now_ms * 1000))
             self.dirty_members.setdefault(c.member, now_ms)
 
     def dirty(self, limit: int) -> list[str]:
@@ -60,10 +60,12 @@ class MemoryStore:
     def counters(self, keys: Sequence[str]) -> list[dict[str, str]]:
         return [dict(self.hashes.get(key, {})) for key in keys]
 
-    def ack(self, published: Sequence[tuple[str, str, int]]) -> int:
+    def ack(self, published: Sequence[tuple[str, str, int]], now_ms: int = 0) -> int:
         removed = 0
         for key, member, version in published:
-            if int(self.hashes.get(key, {}).get("version", "0")) <= version and member in self.dirty_members:
+            if int(self.hashes.get(key, {}).get("version", "0")) > version:
+                self.dirty_members.setdefault(member, now_ms)
+            elif member in self.dirty_members:
                 del self.dirty_members[member]
                 removed += 1
         return removed

@@ -79,11 +79,12 @@ class RedisStore:
             pipe.hgetall(key)
         return [{k.decode(): v.decode() for k, v in h.items()} for h in pipe.execute()]
 
-    def ack(self, published: Sequence[tuple[str, str, int]]) -> int:
+    def ack(self, published: Sequence[tuple[str, str, int]], now_ms: int = 0) -> int:
         if not published:
             return 0
         keys = [self.keys.dirty, *(key for key, _, _ in published)]
         args: list[Any] = []
         for _, member, version in published:
             args += [member, version]
+        args.append(now_ms)
         return int(TALLY_ACK(self.client, keys, args))

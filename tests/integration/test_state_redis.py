@@ -154,7 +154,8 @@ def test_apply_adds_decimals_exactly(store: RedisStore, amounts: list[Decimal]) 
     assert fields[one_by_one] == fmt(total)
     assert fields[together] == fmt(total)
     assert Decimal(fields[one_by_one]) == total
-    assert fields["version"] == str(2 * len(amounts))
+    # one version step per apply, starting from now * 1000 (versions survive an expired hash)
+    assert fields["version"] == str(1000 + 2 * len(amounts) - 1)
 
 
 def test_decimal_canonical_forms_in_lua(store: RedisStore) -> None:
@@ -267,7 +268,7 @@ def test_counters_add_and_campaign_fields(store: RedisStore, client: redis.Redis
         "c|purchase|send": "0",
         "as_of": "200",
         "channel": "push",
-        "version": "4",
+        "version": "10000",  # max(previous + 1, now * 1000) at the last apply (now = 10)
     }
     # the dirty member keeps the wall time it was first marked at
     assert store.dirty(10) == [f"{PROJECT}:x"]
@@ -300,19 +301,46 @@ def test_ack_removes_only_campaigns_not_changed_since_published(store: RedisStor
     x, y = keys.campaign(PROJECT, "x"), keys.campaign(PROJECT, "y")
     mx, my = f"{PROJECT}:x", f"{PROJECT}:y"
     store.apply([], {}, [counter(keys, "x", counts={"sends": 1}), counter(keys, "y")], 1)
-    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 2)  # x at version 2, y at 1
+    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 2)
+    vx, vy = (int(h["version"]) for h in store.counters([x, y]))
+    assert vx > vy
     assert store.ack([]) == 0
-    assert store.ack([(x, mx, 1)]) == 0  # x changed after the published snapshot: stays dirty
+    assert store.ack([(x, mx, vx - 1)]) == 0  # x changed after the published snapshot: stays dirty
     assert store.dirty(10) == [mx, my]
-    assert store.ack([(x, mx, 2), (y, my, 0)]) == 1  # x acknowledged; y's version 1 > 0 stays
+    assert store.ack([(x, mx, vx), (y, my, vy - 1)]) == 1  # x acknowledged; y is newer than published
     assert store.dirty(10) == [my]
-    assert store.ack([(y, my, 5)]) == 1  # a newer published version than stored also acknowledges
-    assert store.ack([(y, my, 5)]) == 0  # already gone
+    assert store.ack([(y, my, vy + 5)]) == 1  # a newer published version than stored also acknowledges
+    assert store.ack([(y, my, vy + 5)]) == 0  # already gone
     assert store.dirty(10) == []
     gone = keys.campaign(PROJECT, "gone")  # an expired campaign is version 0
     store.apply([], {}, [counter(keys, "gone")], 3)
     store.client.delete(gone)
     assert store.ack([(gone, f"{PROJECT}:gone", 0)]) == 1
+
+
+def test_a_stale_ack_marks_the_campaign_again_after_another_publisher_removed_it(
+    store: RedisStore, keys: Keys
+) -> None:
+    # publisher A read version v1; a batch made v2; publisher B published v2 and acknowledged it.
+    # A's stale v1 reaches the broker after B's v2, so A's ack must ask for v2 to be published again.
+    x, mx = keys.campaign(PROJECT, "x"), f"{PROJECT}:x"
+    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 1)
+    v1 = int(store.counters([x])[0]["version"])
+    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 2)
+    v2 = int(store.counters([x])[0]["version"])
+    assert store.ack([(x, mx, v2)], now_ms=3) == 1  # B
+    assert store.dirty(10) == []
+    assert store.ack([(x, mx, v1)], now_ms=4) == 0  # A, stale
+    assert store.dirty(10) == [mx]
+
+
+def test_versions_never_go_back_when_the_counter_hash_expires(store: RedisStore, keys: Keys) -> None:
+    x = keys.campaign(PROJECT, "x")
+    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 1_700_000_000_000)
+    before = int(store.counters([x])[0]["version"])
+    store.client.delete(x)  # the TTL ran out
+    store.apply([], {}, [counter(keys, "x", counts={"sends": 1})], 1_700_000_000_001)
+    assert int(store.counters([x])[0]["version"]) > before
 
 
 # --- NOSCRIPT ----------------------------------------------------------------------------------------
@@ -331,7 +359,8 @@ def test_scripts_are_reloaded_after_script_flush(store: RedisStore, client: redi
             store.apply([UserWrite(user, 1, b"t", HOUR_MS)], {clock: 6}, [counter(keys, "x")], 2)
             assert store.load([user], [clock]).clocks == {clock: 6}
         else:
-            assert store.ack([(keys.campaign(PROJECT, "x"), f"{PROJECT}:x", 2)]) == 1
+            version = int(store.counters([keys.campaign(PROJECT, "x")])[0]["version"])
+            assert store.ack([(keys.campaign(PROJECT, "x"), f"{PROJECT}:x", version)]) == 1
         script = {"load": LOAD, "apply": APPLY, "ack": TALLY_ACK}[call]
         assert client.script_exists(script.sha) == [True]
 

@@ -196,3 +196,50 @@ def test_kafka_config_merges_environment_and_extra(monkeypatch: pytest.MonkeyPat
 def test_config_class_reads_the_same_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTRIBUTION_BATCH_SIZE", "7")
     assert Config().batch_size == 7  # type: ignore[call-arg]
+
+
+def test_kubernetes_service_link_variables_are_not_librdkafka_properties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {
+        "KAFKA_PORT": "tcp://10.0.0.7:9092",
+        "KAFKA_SERVICE_HOST": "10.0.0.7",
+        "KAFKA_PORT_9092_TCP_ADDR": "10.0.0.7",
+        "KAFKA_SASL_MECHANISM": "PLAIN",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert load_config().kafka() == {"bootstrap.servers": "127.0.0.1:9092", "sasl.mechanism": "PLAIN"}
+
+
+def test_a_misspelt_setting_is_refused_with_a_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTRIBUTION_GRACE", "5")
+    with pytest.raises(BadSettings, match="did you mean ATTRIBUTION_GRACE_MS") as info:
+        load_config()
+    assert info.value.field == "ATTRIBUTION_GRACE"
+
+
+def test_a_redis_url_that_does_not_parse_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "localhost:6379-s3cret")
+    with pytest.raises(BadSettings) as info:
+        load_config()
+    assert info.value.field == "REDIS_URL" and "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSLX", "Invalid value"),
+        ("KAFKA_FOO_BAR", "1", "No such configuration"),
+    ],
+)
+def test_a_librdkafka_property_it_refuses_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    from attribution.runtime.kafka_io import producer
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(BadSettings, match=reason) as info:
+        producer(load_config())
+    assert info.value.field == name

@@ -130,7 +130,9 @@ for i = 0, ncamp - 1 do
     redis.call('HSET', key, 'as_of', as_of)
   end
   if channel ~= '' then redis.call('HSETNX', key, 'channel', channel) end
-  redis.call('HINCRBY', key, 'version', 1)
+  -- a version never goes back, even when the hash expired and starts again: max(v + 1, now * 1000)
+  local version = math.max(tonumber(redis.call('HGET', key, 'version') or '0') + 1, tonumber(now) * 1000)
+  redis.call('HSET', key, 'version', string.format('%d', version))
   redis.call('PEXPIRE', key, tally_ttl)
   redis.call('ZADD', KEYS[1], 'NX', now, member)
 end
