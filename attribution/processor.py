@@ -189,6 +189,7 @@ class Processor:
             CounterWrite(
                 key=self.keys.campaign(d.project_id, d.campaign_id),
                 member=self.keys.member(d.project_id, d.campaign_id),
+                project_key=self.keys.project_campaigns(d.project_id),
                 as_of_ts=d.as_of_ts,
                 channel=d.channel,
                 counts=d.counts,

@@ -17,7 +17,7 @@ import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from attribution.core.rules import SettingsBook
+from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.errors import AttributionError
 from attribution.ops.config import INPUT_KINDS, Config
 from attribution.ops.http import OpsServer
@@ -97,8 +97,9 @@ class Worker:
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
                 self._last_loop = time.monotonic()
-                if settings.poll(0):
-                    self._export_settings()
+                changed = settings.poll(0)
+                if changed:
+                    self._settings_changed(changed)
                 self._handle(messages, consumer, producer)
                 now = time.monotonic()
                 if now >= next_tally:
@@ -260,6 +261,14 @@ class Worker:
                 continue
             if tp.offset >= 0 and high >= 0:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    def _settings_changed(self, changed: list[ProjectSettings]) -> None:
+        """New settings may change a campaign's primary basis and rate: republish the project's tallies."""
+        now_ms = int(time.time() * 1000)
+        for s in changed:
+            marked = self.store.touch_project(self.keys.project_campaigns(s.project_id), now_ms)
+            log.info("settings v%d of %s in force; %d tallies to republish", s.version, s.project_id, marked)
+        self._export_settings()
 
     def _export_settings(self) -> None:
         for project in self.book.projects():

@@ -24,6 +24,7 @@ class CounterWrite:
 
     key: str
     member: str
+    project_key: str  # the project's campaign set (Keys.project_campaigns): member is added to it
     as_of_ts: int = 0
     channel: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -56,3 +57,5 @@ class Store(Protocol):
     def counters(self, keys: Sequence[str]) -> list[dict[str, str]]: ...
 
     def ack(self, published: Sequence[tuple[str, str, int]], now_ms: int = 0) -> int: ...
+
+    def touch_project(self, project_key: str, now_ms: int) -> int: ...

@@ -13,6 +13,8 @@ key                                         type    contents
                                                     click_users, ``c|event|basis``,
                                                     ``r|event|basis|currency`` (decimal strings),
                                                     ``version``, ``as_of``, ``channel``
+``<prefix>:campaigns:{<project>}``          set     dirty members of the project's campaigns (to
+                                                    republish them all when its settings change)
 ``<prefix>:clock:{p<partition>}``           string  newest event ts (ms) seen on that input partition
 ``<prefix>:dirty``                          zset    ``["project","campaign"]`` (JSON) members whose
                                                     tally must be (re)published; score = first-dirty ms
@@ -54,6 +56,9 @@ class Keys:
     def parse_member(member: str) -> tuple[str, str]:
         project_id, campaign_id = orjson.loads(member)
         return str(project_id), str(campaign_id)
+
+    def project_campaigns(self, project_id: str) -> str:
+        return f"{self.prefix}:campaigns:{{{project_id.translate(_ESCAPES)}}}"
 
     def clock(self, partition: int) -> str:
         return f"{self.prefix}:clock:{{p{partition}}}"

@@ -18,6 +18,7 @@ class MemoryStore:
         self.clocks: dict[str, int] = {}
         self.hashes: dict[str, dict[str, str]] = {}
         self.dirty_members: dict[str, int] = {}
+        self.projects: dict[str, set[tuple[str, str]]] = {}
         self.applies = 0
 
     def load(self, user_keys: Sequence[str], clock_keys: Sequence[str]) -> Loaded:
@@ -53,6 +54,7 @@ class MemoryStore:
                 h.setdefault("channel", c.channel)
             h["version"] = str(max(int(h.get("version", "0")) + 1, now_ms * 1000))
             self.dirty_members.setdefault(c.member, now_ms)
+            self.projects.setdefault(c.project_key, set()).add((c.key, c.member))
 
     def dirty(self, limit: int) -> list[str]:
         return sorted(self.dirty_members, key=lambda m: (self.dirty_members[m], m))[:limit]
@@ -69,3 +71,13 @@ class MemoryStore:
                 del self.dirty_members[member]
                 removed += 1
         return removed
+
+    def touch_project(self, project_key: str, now_ms: int) -> int:
+        marked = 0
+        for key, member in sorted(self.projects.get(project_key, set())):
+            h = self.hashes.get(key)
+            if h:
+                h["version"] = str(max(int(h["version"]) + 1, now_ms * 1000))
+                self.dirty_members.setdefault(member, now_ms)
+                marked += 1
+        return marked

@@ -11,7 +11,7 @@ from attribution.core.money import fmt
 from attribution.errors import StateConflict
 from attribution.state.base import CounterWrite, Loaded, UserWrite
 from attribution.state.keys import Keys
-from attribution.state.scripts import APPLY, LOAD, TALLY_ACK
+from attribution.state.scripts import APPLY, LOAD, TALLY_ACK, TOUCH
 
 
 class RedisStore:
@@ -65,6 +65,7 @@ class RedisStore:
                 args += [name, n]
             for name, amount in c.revenue.items():
                 args += [name, fmt(amount)]
+        keys += [c.project_key for c in counters]
         reply = APPLY(self.client, keys, args)
         if reply[0] != b"ok":
             raise StateConflict(f"state of {reply[1].decode()} changed since it was read (another writer?)")
@@ -88,3 +89,11 @@ class RedisStore:
             args += [member, version]
         args.append(now_ms)
         return int(TALLY_ACK(self.client, keys, args))
+
+    def touch_project(self, project_key: str, now_ms: int) -> int:
+        """Bump the version of every campaign in ``project_key`` and mark it dirty."""
+        members = sorted(m.decode() for m in cast(set[bytes], self.client.smembers(project_key)))
+        if not members:
+            return 0
+        keys = [self.keys.dirty, *(self.keys.campaign(*self.keys.parse_member(m)) for m in members)]
+        return int(TOUCH(self.client, keys, [now_ms, *members]))

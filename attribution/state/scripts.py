@@ -29,3 +29,4 @@ class Script:
 LOAD = Script("load")
 APPLY = Script("apply")
 TALLY_ACK = Script("tally_ack")
+TOUCH = Script("touch")

@@ -228,3 +228,28 @@ def test_settings_file_with_a_click_basis_for_kakao_is_refused(tmp_path: Any, ca
     path.write_bytes(orjson.dumps(doc))
     assert main(["settings", "validate", str(path)]) == 2
     assert "kakao" in capsys.readouterr().err
+
+
+def test_new_settings_republish_tallies_with_the_new_primary_basis(
+    engine: Engine, tallies: TopicReader
+) -> None:
+    # runs last in this module: it changes the project's settings
+    wait_tally(tallies, "cb", lambda t: t["events"]["purchase"]["primary"] == "click")
+    before = tallies.latest_tallies()[(PROJECT, "cb")]["version"]
+    engine.put_settings(
+        settings(
+            version=2,
+            conversion_events=[
+                {
+                    "name": "purchase",
+                    "window_ms": 3 * DAY_MS,
+                    "basis": {"push": "send"},
+                    "purchase": {"amount_key": "price", "quantity_key": "qty", "currency": "KRW"},
+                },
+                {"name": "signup", "window_ms": DAY_MS},
+            ],
+        )
+    )
+    t = wait_tally(tallies, "cb", lambda t: t["events"]["purchase"]["primary"] == "send")
+    assert t["version"] > before
+    assert (t["events"]["purchase"]["send"]["conversions"], t["events"]["purchase"]["rate"]) == (2, 1.0)

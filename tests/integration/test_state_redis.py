@@ -92,6 +92,8 @@ def everything(client: redis.Redis, prefix: str) -> dict[bytes, tuple[bytes, Any
             value = client.hgetall(key)
         elif kind == b"zset":
             value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":
+            value = sorted(cast(set[bytes], client.smembers(key)))
         else:  # pragma: no cover - the engine writes no other type
             raise AssertionError(f"unexpected {kind!r} at {key!r}")
         out[key] = (kind, value, int(pttl(client, key) > 0))
@@ -99,7 +101,12 @@ def everything(client: redis.Redis, prefix: str) -> dict[bytes, tuple[bytes, Any
 
 
 def counter(keys: Keys, campaign: str, **kwargs: Any) -> CounterWrite:
-    return CounterWrite(key=keys.campaign(PROJECT, campaign), member=f"{PROJECT}:{campaign}", **kwargs)
+    return CounterWrite(
+        key=keys.campaign(PROJECT, campaign),
+        member=f"{PROJECT}:{campaign}",
+        project_key=keys.project_campaigns(PROJECT),
+        **kwargs,
+    )
 
 
 # --- exact decimal addition in apply.lua ---------------------------------------------------------
@@ -188,7 +195,7 @@ def test_cas_conflict_writes_nothing(store: RedisStore, client: redis.Redis, key
         now_ms=5,
     )
     before = everything(client, keys.prefix)
-    assert len(before) == 5  # two users, one clock, one campaign, the dirty set
+    assert len(before) == 6  # two users, one clock, one campaign, its project set, the dirty set
 
     stale_writes = [
         # a is current, b is stale (v1 in Redis)
@@ -399,3 +406,22 @@ def test_memory_store_agrees_with_redis(
     user_keys = [keys.user(PROJECT, u) for u in ("u0", "u1", "u2", "d3a", "d3b")]
     clock_keys = [keys.clock(p) for p in range(2)]
     assert in_redis.store.load(user_keys, clock_keys) == memory.load(user_keys, clock_keys)
+
+
+def test_touch_project_republishes_every_campaign_of_the_project_with_a_new_version(
+    store: RedisStore, keys: Keys
+) -> None:
+    x, y = keys.campaign(PROJECT, "x"), keys.campaign(PROJECT, "y")
+    mx, my = Keys.member(PROJECT, "x"), Keys.member(PROJECT, "y")
+    writes = [
+        CounterWrite(key=k, member=m, project_key=keys.project_campaigns(PROJECT), counts={"sends": 1})
+        for k, m in ((x, mx), (y, my))
+    ]
+    store.apply([], {}, writes, 1)
+    versions = [int(h["version"]) for h in store.counters([x, y])]
+    store.ack([(x, mx, versions[0]), (y, my, versions[1])])
+    assert store.dirty(10) == []
+    assert store.touch_project(keys.project_campaigns(PROJECT), 5) == 2
+    assert sorted(store.dirty(10)) == sorted([mx, my])
+    assert all(int(h["version"]) > v for h, v in zip(store.counters([x, y]), versions, strict=True))
+    assert store.touch_project(keys.project_campaigns("another"), 6) == 0

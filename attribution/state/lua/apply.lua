@@ -4,7 +4,9 @@
 -- KEYS[1]                       dirty zset (Keys.dirty)
 -- KEYS[2 .. 1+nc]               partition clock strings (Keys.clock)
 -- KEYS[2+nc .. 1+nc+nu]         user state hashes (Keys.user)
--- KEYS[2+nc+nu .. ]             campaign counter hashes (Keys.campaign)
+-- KEYS[2+nc+nu .. 1+nc+nu+ncamp]  campaign counter hashes (Keys.campaign)
+-- KEYS[2+nc+nu+ncamp .. ]       the project campaign set of each campaign above, same order
+--                               (Keys.project_campaigns; the dirty member is added to it)
 -- ARGV[1]                       now, wall ms (score of a new dirty member)
 -- ARGV[2]                       campaign hash TTL, ms
 -- ARGV[3], ARGV[4], ARGV[5]     nc, nu, ncamp: how many clocks, users, campaigns follow
@@ -135,5 +137,7 @@ for i = 0, ncamp - 1 do
   redis.call('HSET', key, 'version', string.format('%d', version))
   redis.call('PEXPIRE', key, tally_ttl)
   redis.call('ZADD', KEYS[1], 'NX', now, member)
+  redis.call('SADD', KEYS[ck + ncamp + i], member)
+  redis.call('PEXPIRE', KEYS[ck + ncamp + i], tally_ttl)
 end
 return {'ok'}
