@@ -6,6 +6,7 @@ they decide nothing about attribution. This module knows no Kafka client and no 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -22,10 +23,11 @@ from attribution.core.money import add
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import SettingsBook
 from attribution.core.tally import CampaignDelta
-from attribution.errors import StateConflict
+from attribution.errors import BadInput, StateConflict
 from attribution.state.base import CounterWrite, Store, UserWrite
 from attribution.state.keys import Keys
 
+log = logging.getLogger(__name__)
 KINDS: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
 CONFLICT_RETRIES = 3
 
@@ -90,22 +92,35 @@ class Processor:
         """Attribute decoded events (per topic-partition in offset order) with one state write."""
         result = result if result is not None else BatchResult()
         groups: dict[tuple[str, str], list[Located]] = {}
-        batch_max_ts: dict[int, int] = {}
         for loc in located:
-            event, partition = loc.event, loc.pos.partition
-            groups.setdefault((event.project_id, event.user_key), []).append(loc)
-            batch_max_ts[partition] = max(event.ts, batch_max_ts.get(partition, 0))
-        if not groups:
-            return result
+            groups.setdefault((loc.event.project_id, loc.event.user_key), []).append(loc)
+        if groups:
+            self._apply_groups(groups, result, now_ms)
+        return result
+
+    def _apply_groups(
+        self, groups: dict[tuple[str, str], list[Located]], result: BatchResult, now_ms: int | None
+    ) -> None:
+        """One atomic write for ``groups``; when the state script refuses it, halve the batch until the
+        user it cannot take is found, and dead-letter that user's events (a poison pill must not stop
+        the worker, nor cost the other users their events)."""
         for attempt in range(CONFLICT_RETRIES):
             try:
-                self._attribute(groups, batch_max_ts, result, now_ms)
-                return result
+                self._attribute(groups, result, now_ms)
+                return
             except StateConflict:
                 result.conflicts += 1
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
-        return result  # pragma: no cover - the loop returns or raises
+            except BadInput as exc:
+                items = list(groups.items())
+                if len(items) == 1:
+                    _dead(items[0][1], f"state script refused the user's events: {exc}", result)
+                    return
+                half = len(items) // 2
+                self._apply_groups(dict(items[:half]), result, now_ms)
+                self._apply_groups(dict(items[half:]), result, now_ms)
+                return
 
     def _decode(self, record: Record, result: BatchResult) -> Event | None:
         reason = self._problem(record)
@@ -142,12 +157,12 @@ class Processor:
         return None
 
     def _attribute(
-        self,
-        groups: dict[tuple[str, str], list[Located]],
-        batch_max_ts: dict[int, int],
-        result: BatchResult,
-        now_ms: int | None,
+        self, groups: dict[tuple[str, str], list[Located]], result: BatchResult, now_ms: int | None
     ) -> None:
+        batch_max_ts: dict[int, int] = {}
+        for located in groups.values():
+            for loc in located:
+                batch_max_ts[loc.pos.partition] = max(loc.event.ts, batch_max_ts.get(loc.pos.partition, 0))
         user_keys = [self.keys.user(project, user_key) for project, user_key in groups]
         clock_keys = {p: self.keys.clock(p) for p in batch_max_ts}
         started = time.perf_counter()
@@ -161,21 +176,27 @@ class Processor:
         outcomes: Counter[tuple[str, str]] = Counter()
         amount_missing: Counter[str] = Counter()
         campaigns: dict[tuple[str, str], CampaignDelta] = {}
+        poisoned: list[tuple[list[Located], str]] = []
         grace = self.config.grace_ms
         for key, ((project, user_key), located) in zip(user_keys, groups.items(), strict=True):
             version, blob = loaded.users[key]
-            state = user_rules.decode_state(blob)
             partition = located[0].pos.partition
-            out = user_rules.apply(
-                state,
-                project,
-                user_key,
-                located,
-                self.settings.get(project),
-                start_clock[partition],
-                end_clock[partition],
-                grace,
-            )
+            try:
+                state = user_rules.decode_state(blob)
+                out = user_rules.apply(
+                    state,
+                    project,
+                    user_key,
+                    located,
+                    self.settings.get(project),
+                    start_clock[partition],
+                    end_clock[partition],
+                    grace,
+                )
+            except Exception as exc:  # a poison pill: this user's events only, never the whole batch
+                log.exception("attributing %s/%s failed; its events go to the DLQ", project, user_key)
+                poisoned.append((located, f"processing failed ({type(exc).__name__}: {exc})"))
+                continue
             outcomes.update(out.outcomes)
             amount_missing.update(out.amount_missing)
             conversions.extend(out.conversions)
@@ -208,6 +229,18 @@ class Processor:
         result.outcomes.update(outcomes)
         result.amount_missing.update(amount_missing)
         result.campaigns.update(campaigns)
+        for located, reason in poisoned:
+            _dead(located, reason, result)
+
+
+def _dead(located: list[Located], reason: str, result: BatchResult) -> None:
+    for loc in located:
+        pos = loc.pos
+        raw = msgspec.json.encode(loc.event)
+        result.dead_letters.append(
+            dead_letter(pos.topic, pos.partition, pos.offset, loc.event.user_key.encode(), raw, reason)
+        )
+        result.outcomes[(pos.topic, "dlq")] += 1
 
 
 def _merge(into: dict[tuple[str, str], CampaignDelta], delta: CampaignDelta) -> None:

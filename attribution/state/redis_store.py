@@ -8,7 +8,7 @@ from typing import Any, cast
 import redis
 
 from attribution.core.money import fmt
-from attribution.errors import StateConflict
+from attribution.errors import BadInput, StateConflict
 from attribution.state.base import CounterWrite, Loaded, UserWrite
 from attribution.state.keys import Keys
 from attribution.state.scripts import APPLY, LOAD, TALLY_ACK, TOUCH
@@ -66,7 +66,14 @@ class RedisStore:
             for name, amount in c.revenue.items():
                 args += [name, fmt(amount)]
         keys += [c.project_key for c in counters]
-        reply = APPLY(self.client, keys, args)
+        try:
+            reply = APPLY(self.client, keys, args)
+        except redis.exceptions.ResponseError as exc:
+            # Only an error raised by the script itself is about this batch's data; OOM, READONLY,
+            # LOADING... are about Redis and must stop the batch, not dead-letter it.
+            if "user_script" not in str(exc):
+                raise
+            raise BadInput(f"apply.lua: {exc}") from exc
         if reply[0] != b"ok":
             raise StateConflict(f"state of {reply[1].decode()} changed since it was read (another writer?)")
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from attribution.core.model import Event
 from attribution.core.money import fmt
-from attribution.errors import StateConflict
+from attribution.errors import BadInput, StateConflict
 from attribution.state.base import CounterWrite, UserWrite
 from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore
@@ -425,3 +425,11 @@ def test_touch_project_republishes_every_campaign_of_the_project_with_a_new_vers
     assert sorted(store.dirty(10)) == sorted([mx, my])
     assert all(int(h["version"]) > v for h, v in zip(store.counters([x, y]), versions, strict=True))
     assert store.touch_project(keys.project_campaigns("another"), 6) == 0
+
+
+def test_an_error_raised_by_the_script_is_bad_input_not_a_redis_failure(
+    store: RedisStore, keys: Keys
+) -> None:
+    with pytest.raises(BadInput, match="bad decimal"):
+        store.apply([], {}, [counter(keys, "x", revenue={"r|e|send|KRW": Decimal("NaN")})], 1)
+    assert store.counters([keys.campaign(PROJECT, "x")]) == [{}]  # nothing written
