@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all run test lint typecheck unit integration clean
+.PHONY: all run test bench lint typecheck unit integration clean
 
 all: lint typecheck test
 
@@ -21,6 +21,10 @@ run: $(BIN)/attribution
 ## make test: unit + property tests, then integration tests against a real broker and Redis.
 test: $(BIN)/attribution
 	$(BIN)/python -m pytest
+
+## make bench: ceilings, engine catch-up, naive baseline, latency, memory; writes bench-results.json.
+bench: $(BIN)/attribution
+	$(BIN)/attribution bench $(BENCH_ARGS)
 
 unit: $(BIN)/attribution
 	$(BIN)/python -m pytest tests/unit

@@ -1,4 +1,4 @@
-"""The ``attribution`` command: worker | topics | settings | tally | demo."""
+"""The ``attribution`` command: worker | topics | settings | tally | demo | bench."""
 
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     d.add_argument("--partitions", type=int, default=4)
     d.set_defaults(func=_demo)
+
+    b = sub.add_parser("bench", help="throughput, latency and memory in one run (make bench)")
+    b.add_argument(
+        "--scale", type=float, default=1.0, help="backlog size; 1.0 = 1M sends, 150k clicks, 60k goals"
+    )
+    b.add_argument("--latency-rate", type=int, default=20_000, help="events/s of the steady latency load")
+    b.add_argument("--latency-seconds", type=float, default=30.0)
+    b.add_argument("--naive-events", type=int, default=20_000, help="events for the one-round-trip baseline")
+    b.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    b.set_defaults(func=_bench)
     return p
 
 
@@ -162,6 +172,13 @@ def _demo(args: argparse.Namespace) -> int:
     from attribution.ops.demo import run_demo
 
     return run_demo(rate=args.rate, duration_s=args.duration, partitions=args.partitions)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from attribution.ops.bench import run_bench
+
+    run_bench(args.scale, args.latency_rate, args.latency_seconds, args.naive_events, args.out)
+    return 0
 
 
 if __name__ == "__main__":
