@@ -58,7 +58,6 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     amount_missing: Counter[str] = field(default_factory=Counter)
-    campaigns: set[tuple[str, str]] = field(default_factory=set)
     redis_seconds: dict[str, float] = field(default_factory=dict)
     conflicts: int = 0
 
@@ -228,7 +227,6 @@ class Processor:
         result.conversions.extend(conversions)
         result.outcomes.update(outcomes)
         result.amount_missing.update(amount_missing)
-        result.campaigns.update(campaigns)
         for located, reason in poisoned:
             _dead(located, reason, result)
 

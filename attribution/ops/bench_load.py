@@ -12,24 +12,13 @@ from typing import Any
 
 import orjson
 
+from attribution.ops.traffic import DEMO_SETTINGS
+
 PROJECT = "bench"
 CHANNELS = ("push", "web_push", "kakao", "sms", "in_app", "email")
-DAY_MS = 24 * 3600 * 1000
 
-SETTINGS: dict[str, Any] = {
-    "project_id": PROJECT,
-    "version": 1,
-    "conversion_events": [
-        {
-            "name": "purchase",
-            "window_ms": 3 * DAY_MS,
-            "basis": {"push": "click", "web_push": "click"},
-            "purchase": {"amount_key": "price", "quantity_key": "quantity", "currency": "KRW"},
-        },
-        {"name": "signup", "window_ms": DAY_MS},
-        {"name": "subscribe", "window_ms": 3600 * 1000, "basis": {"web_push": "send"}},
-    ],
-}
+#: The demo's three conversion events (purchase with amount x quantity, signup, push_apps_subscribe).
+SETTINGS: dict[str, Any] = {**DEMO_SETTINGS, "project_id": PROJECT}
 
 Record = tuple[str, bytes, bytes]  # (kind, key, value)
 
@@ -85,7 +74,9 @@ def backlog(shape: Shape, start_ms: int, span_ms: int, seed: int = 1) -> list[Re
     goals = []
     for i in range(shape.goals):
         base = clicks[rng.randrange(len(clicks))] if clicks else sends[rng.randrange(len(sends))][1]
-        name = "purchase" if rng.random() < 0.2 else rng.choice(("signup", "subscribe", "page_view"))
+        name = (
+            "purchase" if rng.random() < 0.2 else rng.choice(("signup", "push_apps_subscribe", "page_view"))
+        )
         props = (
             {"price": rng.choice((9900, 19900, "4500.5")), "quantity": rng.randint(1, 3)}
             if name == "purchase"

@@ -24,8 +24,7 @@ Tp = tuple[str, int]  # (topic, partition)
 class Aligner:
     """Buffers decoded events per topic-partition and releases them in event-time order per partition."""
 
-    def __init__(self, topics: Iterable[str], max_idle_ms: int, max_buffered: int, grace_ms: int = 0) -> None:
-        self.topics = tuple(topics)
+    def __init__(self, max_idle_ms: int, max_buffered: int, grace_ms: int = 0) -> None:
         self.max_idle_ms = max_idle_ms
         self.grace_ms = grace_ms
         self.last_ts: dict[Tp, int] = {}

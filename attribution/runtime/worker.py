@@ -53,7 +53,7 @@ class Worker:
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
         self._delivery_errors: list[str] = []
-        self.aligner = Aligner(self.kinds, config.max_idle_ms, config.max_buffered, config.grace_ms)
+        self.aligner = Aligner(config.max_idle_ms, config.max_buffered, config.grace_ms)
         self.paused: set[tuple[str, int]] = set()
         self.committed: dict[tuple[str, int], int] = {}
 

@@ -62,7 +62,7 @@ def tss(locs: list[Located]) -> list[int]:
 
 
 def aligner(partitions: int = 1, max_buffered: int = 100) -> Aligner:
-    a = Aligner(TOPICS, max_idle_ms=IDLE_MS, max_buffered=max_buffered, grace_ms=GRACE_MS)
+    a = Aligner(max_idle_ms=IDLE_MS, max_buffered=max_buffered, grace_ms=GRACE_MS)
     a.assign((topic, p) for topic in TOPICS for p in range(partitions))
     return a
 
@@ -189,7 +189,6 @@ class Sim:
 
     def __post_init__(self) -> None:
         self.aligner = Aligner(
-            TOPICS,
             max_idle_ms=IDLE_MS,
             max_buffered=self.scenario.max_buffered,
             grace_ms=self.scenario.grace_ms,
