@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all run test bench lint typecheck unit integration clean
+.PHONY: all run test soak bench lint typecheck unit integration clean
 
 all: lint typecheck test
 
@@ -21,6 +21,14 @@ run: $(BIN)/attribution
 ## make test: unit + property tests, then integration tests against a real broker and Redis.
 test: $(BIN)/attribution
 	$(BIN)/python -m pytest
+
+## make soak: the long chaos soak (1M events, >= 20 SIGKILLs, single Redis and Redis Cluster);
+## `make test` runs the same suite with 50k events and 3 kills.
+SOAK_EVENTS ?= 1000000
+SOAK_KILLS  ?= 20
+soak: $(BIN)/attribution
+	SOAK_EVENTS=$(SOAK_EVENTS) SOAK_KILLS=$(SOAK_KILLS) $(BIN)/python -m pytest -s -p no:cacheprovider \
+		--timeout 3600 tests/integration/test_soak.py
 
 ## make bench: ceilings, engine catch-up, naive baseline, latency, memory; writes bench-results.json.
 bench: $(BIN)/attribution

@@ -1,4 +1,4 @@
-"""The ``attribution`` command: worker | topics | settings | tally | demo | bench."""
+"""The ``attribution`` command: worker | topics | settings | tally | rebuild | demo | bench."""
 
 from __future__ import annotations
 
@@ -56,6 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     ta.add_argument("project")
     ta.add_argument("campaign")
     ta.set_defaults(func=_tally)
+
+    r = sub.add_parser(
+        "rebuild",
+        help="after Redis lost its data: wipe the prefix, replay the inputs into a new state generation",
+    )
+    r.add_argument(
+        "--from",
+        dest="since",
+        choices=("earliest", "window"),
+        default="earliest",
+        help="earliest: every retained record (exact with full retention); window: now - longest "
+        "conversion window - grace (faster; tallies then count only the replayed events)",
+    )
+    r.add_argument(
+        "--yes", action="store_true", help="confirm: every key under ATTRIBUTION_REDIS_PREFIX is deleted"
+    )
+    r.add_argument("--force", action="store_true", help="run although the consumer group still lists members")
+    r.set_defaults(func=_rebuild)
 
     d = sub.add_parser("demo", help="embedded broker + Redis, worker, demo traffic and live tallies")
     d.add_argument("--rate", type=int, default=300, help="demo input events per second")
@@ -165,6 +183,19 @@ def _tally(args: argparse.Namespace) -> int:
         feed.close()
     snap = snapshot(args.project, args.campaign, fields, book.get(args.project))
     print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from attribution.rebuild import rebuild
+
+    if not args.yes:
+        print(
+            "attribution: rebuild deletes every key under ATTRIBUTION_REDIS_PREFIX; pass --yes",
+            file=sys.stderr,
+        )
+        return 2
+    print(orjson.dumps(rebuild(_config(), args.since, args.force)).decode())
     return 0
 
 

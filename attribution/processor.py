@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import NamedTuple
 
 import msgspec
@@ -19,13 +18,12 @@ import orjson
 
 from attribution.core import user as user_rules
 from attribution.core.model import Click, Event, Goal, Located, Position, Send
-from attribution.core.money import add
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import SettingsBook
-from attribution.core.tally import CampaignDelta
 from attribution.errors import BadInput, StateConflict
-from attribution.state.base import CounterWrite, Store, UserWrite
+from attribution.state.base import Store
 from attribution.state.keys import Keys
+from attribution.state.ledger import Ledger, PartitionBatch
 
 log = logging.getLogger(__name__)
 KINDS: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
@@ -71,6 +69,7 @@ class Processor:
         self.keys = keys
         self.settings = settings
         self.config = config
+        self.ledger = Ledger(store, keys, config.grace_ms + config.state_margin_ms)
 
     def process(self, records: Sequence[Record], now_ms: int | None = None) -> BatchResult:
         """Decode and apply a batch (dead letters for what cannot be decoded)."""
@@ -158,27 +157,34 @@ class Processor:
     def _attribute(
         self, groups: dict[tuple[str, str], list[Located]], result: BatchResult, now_ms: int | None
     ) -> None:
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
         batch_max_ts: dict[int, int] = {}
         for located in groups.values():
             for loc in located:
                 batch_max_ts[loc.pos.partition] = max(loc.event.ts, batch_max_ts.get(loc.pos.partition, 0))
         user_keys = [self.keys.user(project, user_key) for project, user_key in groups]
-        clock_keys = {p: self.keys.clock(p) for p in batch_max_ts}
+        partitions = sorted(batch_max_ts)
         started = time.perf_counter()
-        loaded = self.store.load(user_keys, list(clock_keys.values()))
+        loaded = self.store.load(user_keys, partitions)
+        stale = self.ledger.stale(loaded.journals)
+        if stale:  # someone else's batch (or our torn one) comes first
+            for p in stale:
+                self.ledger.recover(p, now)
+            loaded = self.store.load(user_keys, partitions)
+            if self.ledger.stale(loaded.journals):
+                raise StateConflict(f"input partitions {stale} are being written by another worker")
         result.redis_seconds["load"] = time.perf_counter() - started
-        start_clock = {p: loaded.clocks[k] or 0 for p, k in clock_keys.items()}
+        start_clock = {p: j.clock_ts if (j := loaded.journals[p]) else 0 for p in partitions}
         end_clock = {p: max(start_clock[p], ts) for p, ts in batch_max_ts.items()}
 
-        writes: list[UserWrite] = []
+        batches = {p: PartitionBatch(p, end_clock[p]) for p in partitions}
         conversions: list[Conversion] = []
         outcomes: Counter[tuple[str, str]] = Counter()
         amount_missing: Counter[str] = Counter()
-        campaigns: dict[tuple[str, str], CampaignDelta] = {}
         poisoned: list[tuple[list[Located], str]] = []
         grace = self.config.grace_ms
         for key, ((project, user_key), located) in zip(user_keys, groups.items(), strict=True):
-            version, blob = loaded.users[key]
+            blob, _ = loaded.users[key]
             partition = located[0].pos.partition
             try:
                 state = user_rules.decode_state(blob)
@@ -199,30 +205,15 @@ class Processor:
             outcomes.update(out.outcomes)
             amount_missing.update(out.amount_missing)
             conversions.extend(out.conversions)
-            for delta in out.campaigns.values():
-                _merge(campaigns, delta)
             if out.changed:
                 ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
-                writes.append(UserWrite(key, version, user_rules.encode_state(state), ttl_ms))
+                batch = batches[partition]
+                batch.users.append((key, user_rules.encode_state(state), ttl_ms))
+                if out.campaigns:
+                    batch.deltas[key] = list(out.campaigns.values())
 
-        counters = [
-            CounterWrite(
-                key=self.keys.campaign(d.project_id, d.campaign_id),
-                member=self.keys.member(d.project_id, d.campaign_id),
-                project_key=self.keys.project_campaigns(d.project_id),
-                as_of_ts=d.as_of_ts,
-                channel=d.channel,
-                counts=d.counts,
-                revenue=d.revenue,
-            )
-            for d in campaigns.values()
-        ]
-        clocks = {clock_keys[p]: ts for p, ts in end_clock.items()}
         started = time.perf_counter()
-        if writes or counters:
-            self.store.apply(
-                writes, clocks, counters, now_ms if now_ms is not None else int(time.time() * 1000)
-            )
+        self.ledger.commit([b for b in batches.values() if b.users], now)
         result.redis_seconds["apply"] = time.perf_counter() - started
         result.conversions.extend(conversions)
         result.outcomes.update(outcomes)
@@ -239,15 +230,3 @@ def _dead(located: list[Located], reason: str, result: BatchResult) -> None:
             dead_letter(pos.topic, pos.partition, pos.offset, loc.event.user_key.encode(), raw, reason)
         )
         result.outcomes[(pos.topic, "dlq")] += 1
-
-
-def _merge(into: dict[tuple[str, str], CampaignDelta], delta: CampaignDelta) -> None:
-    known = into.get(delta.ident)
-    if known is None:
-        into[delta.ident] = delta
-        return
-    for name, n in delta.counts.items():
-        known.add(name, n)
-    for name, amount in delta.revenue.items():
-        known.revenue[name] = add(known.revenue.get(name, Decimal(0)), amount)
-    known.seen(delta.as_of_ts, delta.channel)

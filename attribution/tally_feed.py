@@ -1,13 +1,13 @@
 """Publishes absolute tally snapshots of the campaigns marked dirty in the state store.
 
-Dirty marks are written atomically with the counters, so a crash between a batch and its tally
-publication loses nothing: the next publisher (this worker or another) finds the mark and publishes.
-A mark is removed only if the campaign did not change after its snapshot was read.
+A campaign's dirty mark is raised to its new version right after every change of its counters (and
+again by the recovery of a torn batch), so a crash between a batch and its tally publication loses
+nothing: the next publisher (this worker or another) finds the mark and publishes. A mark is removed
+only if the campaign did not change after its snapshot was read.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,16 +36,16 @@ class TallyFeed:
             return 0
         idents = [self.keys.parse_member(m) for m in members]
         keys = [self.keys.campaign(p, c) for p, c in idents]
-        published: list[tuple[str, str, int]] = []
-        for key, member, (project_id, campaign_id), fields in zip(
-            keys, members, idents, self.store.counters(keys), strict=True
+        published: list[tuple[str, int]] = []
+        for member, (project_id, campaign_id), fields in zip(
+            members, idents, self.store.counters(keys), strict=True
         ):
             if not fields:  # expired or never written: nothing to say, forget the mark
-                published.append((key, member, 0))
+                published.append((member, -1))
                 continue
             snap = snapshot(project_id, campaign_id, fields, self.settings.get(project_id))
             publish(f"{project_id}:{campaign_id}", snap)
-            published.append((key, member, snap["version"]))
+            published.append((member, snap["version"]))
         flush()
-        self.store.ack(published, int(time.time() * 1000))
+        self.store.ack(published)
         return len(members)

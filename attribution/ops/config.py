@@ -56,6 +56,12 @@ class Config(BaseSettings):
     partitions: int = Field(12, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=10)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # how often the worker checks that Redis still holds its state generation (lost-state detection)
+    state_check_ms: int = Field(5_000, ge=100, le=3_600_000)
+    # outputs and input offsets in one Kafka transaction (brokers with transactions); correctness
+    # never depends on it: state is fenced in Redis and outputs carry stable ids
+    exactly_once: bool = False
+    transactional_id: str | None = Field(None, min_length=1, max_length=200)
 
     @field_validator("redis_url")
     @classmethod

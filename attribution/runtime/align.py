@@ -123,6 +123,10 @@ class Aligner:
             out[tp] = q[0].pos.offset if q else nxt
         return out
 
+    def drained(self) -> bool:
+        """Every assigned topic-partition reached its end and nothing waits in a queue."""
+        return bool(self.queues) and all(not q and tp in self.at_end for tp, q in self.queues.items())
+
     def buffered(self, tp: Tp) -> int:
         q = self.queues.get(tp)
         return len(q) if q else 0

@@ -105,6 +105,12 @@ def check_copartitioned(config: Config, timeout_s: float = 15.0) -> int:
     return next(iter(counts.values()))
 
 
+def has_committed(consumer: Consumer, config: Config, partitions: int, timeout_s: float = 15.0) -> bool:
+    """Whether the consumer group committed an offset on any input partition (it consumed before)."""
+    tps = [TopicPartition(config.topic(kind), p) for kind in INPUT_KINDS for p in range(partitions)]
+    return any(tp.offset >= 0 for tp in consumer.committed(tps, timeout=timeout_s))
+
+
 class SettingsFeed:
     """Reads the compacted settings topic from the beginning, then follows it; no consumer group."""
 

@@ -2,7 +2,10 @@
 
 Offsets are committed only after the batch's state is in Redis and its outputs are acknowledged by
 the broker, so a crash at any point re-delivers the batch; the per-user (topic, partition, offset)
-fence makes that a no-op for state and republishes the affected outputs under their stable ids.
+fence makes that a no-op for state and republishes the affected outputs under their stable ids. A
+batch torn inside its state write is finished by whoever reads the partition next
+(``attribution.state.ledger``). Before and during the run the worker checks that Redis still holds
+its state generation (``attribution.state.generation``) and stops with LostState if not.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import time
 from itertools import pairwise
 from typing import Any
 
-import msgspec
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -25,6 +27,8 @@ from attribution.ops.metrics import Metrics
 from attribution.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.runtime import kafka_io
 from attribution.runtime.align import Aligner
+from attribution.runtime.outputs import Outputs
+from attribution.state import generation
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 from attribution.tally_feed import TallyFeed
@@ -37,8 +41,19 @@ class Worker:
     """One member of the consumer group. ``run`` blocks until ``stop`` is called (from a signal handler
     or another thread), then finishes the batch in hand, publishes tallies, commits and leaves."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        start_offsets: dict[tuple[str, int], int] | None = None,
+        until_end: bool = False,
+    ) -> None:
+        """``start_offsets`` overrides the committed offsets on assignment; ``until_end`` stops the
+        worker once it owns every input partition and has processed each to its end (rebuild)."""
         self.config = config
+        self.start_offsets = start_offsets
+        self.until_end = until_end
+        self.input_partitions = 0
         self.metrics = metrics or Metrics()
         self.keys = Keys(config.redis_prefix)
         self.book = SettingsBook()
@@ -52,7 +67,7 @@ class Worker:
         self.batches = 0
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
-        self._delivery_errors: list[str] = []
+        self.generation: str | None = None
         self.aligner = Aligner(config.max_idle_ms, config.max_buffered, config.grace_ms)
         self.paused: set[tuple[str, int]] = set()
         self.committed: dict[tuple[str, int], int] = {}
@@ -64,7 +79,7 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.config
-        kafka_io.check_copartitioned(cfg)
+        partitions = self.input_partitions = kafka_io.check_copartitioned(cfg)
         try:
             self.store.client.ping()
         except Exception as exc:
@@ -72,7 +87,7 @@ class Worker:
         settings = kafka_io.SettingsFeed(cfg, self.book)
         settings.load_all()
         self._export_settings()
-        producer = kafka_io.producer(cfg, on_delivery=self._on_delivery)
+        outputs = Outputs(cfg, self._stop.is_set)
         consumer = kafka_io.consumer(
             cfg,
             {
@@ -86,6 +101,10 @@ class Worker:
                 "partition.assignment.strategy": "range",
             },
         )
+        self.generation = generation.establish(
+            self.store, lambda: kafka_io.has_committed(consumer, cfg, partitions)
+        )
+        log.info("state generation %s", self.generation)
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
@@ -93,6 +112,7 @@ class Worker:
         self.ready = True
         next_tally = time.monotonic()
         next_lag = time.monotonic() + LAG_EVERY_S
+        next_check = time.monotonic() + cfg.state_check_ms / 1000
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
@@ -100,25 +120,33 @@ class Worker:
                 changed = settings.poll(0)
                 if changed:
                     self._settings_changed(changed)
-                self._handle(messages, consumer, producer)
+                self._handle(messages, consumer, outputs)
                 now = time.monotonic()
                 if now >= next_tally:
-                    self._publish_tallies(producer)
+                    self._publish_tallies(outputs)
                     next_tally = now + cfg.tally_interval_ms / 1000
                 if now >= next_lag:
                     self._export_lag(consumer)
                     next_lag = now + LAG_EVERY_S
-            self._publish_tallies(producer)
+                if now >= next_check:
+                    generation.verify(self.store, self.generation)
+                    next_check = now + cfg.state_check_ms / 1000
+                if self.until_end and self._at_end():
+                    log.info("every input partition processed to its end")
+                    break
+            self._publish_tallies(outputs)
         finally:
             self.ready = False
-            producer.flush(10)
+            outputs.abort()
+            outputs.producer.flush(10)
             consumer.close()
             settings.close()
+            self.store.close()
             if server is not None:
                 server.stop()
             log.info("worker stopped after %d batches", self.batches)
 
-    def _handle(self, messages: list[Message], consumer: Consumer, producer: Any) -> None:
+    def _handle(self, messages: list[Message], consumer: Consumer, outputs: Outputs) -> None:
         """Decode what arrived, process what the aligner releases, publish, then commit."""
         started = time.perf_counter()
         result = BatchResult()
@@ -145,14 +173,11 @@ class Worker:
         if not offsets and not result.dead_letters:
             self._backpressure(consumer)
             return
-        self._produce(result, producer)
-        self._flush(producer)
+        outputs.begin()
+        outputs.send_batch(result)
         produced = time.perf_counter()
-        if offsets:
-            consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-            )
-            self.committed.update(offsets)
+        outputs.commit(consumer, offsets)
+        self.committed.update(offsets)
         committed = time.perf_counter()
         self.batches += 1
         self._record(result, len(released), started, parsed, processed, produced, committed)
@@ -172,40 +197,36 @@ class Worker:
             consumer.resume([TopicPartition(t, p) for t, p in to_resume])
             self.paused -= to_resume
 
-    def _produce(self, result: BatchResult, producer: Any) -> None:
-        cfg = self.config
-        for c in result.conversions:
-            producer.produce(cfg.topic("conversions"), key=c.key.encode(), value=msgspec.json.encode(c))
-        for d in result.dead_letters:
-            producer.produce(
-                cfg.topic("dlq"), key=d.key.encode() if d.key else None, value=msgspec.json.encode(d)
-            )
-            log.warning("DLQ %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error)
-        producer.poll(0)
-
-    def _flush(self, producer: Any) -> None:
-        remaining = producer.flush(60)
-        if remaining or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors[:5], []
-            raise AttributionError(f"outputs not delivered ({remaining} pending): {errors}")
-
-    def _publish_tallies(self, producer: Any) -> None:
+    def _publish_tallies(self, outputs: Outputs) -> None:
         topic = self.config.topic("tallies")
+        flushed = False
 
         def publish(member: str, snap: dict[str, Any]) -> None:
-            producer.produce(topic, key=member.encode(), value=orjson.dumps(snap))
+            outputs.produce(topic, member.encode(), orjson.dumps(snap))
 
-        count = self.tally_feed.publish_dirty(publish, lambda: self._flush(producer))
+        def flush() -> None:
+            nonlocal flushed
+            outputs.commit_outputs()
+            flushed = True
+
+        outputs.begin()
+        count = self.tally_feed.publish_dirty(publish, flush)
+        if not flushed:
+            outputs.abort()
         self.metrics.tallies.inc(count)
 
     # -- callbacks and metrics -----------------------------------------------------------------------
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+    def _at_end(self) -> bool:
+        owned = len(self.assigned) == len(self.kinds) * self.input_partitions
+        return owned and self.aligner.drained()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
+        if self.start_offsets is not None:
+            for tp in partitions:
+                tp.offset = self.start_offsets.get((tp.topic, tp.partition), tp.offset)
+            consumer.assign(partitions)
         self.assigned |= tps
         self.aligner.assign(tps)
         # librdkafka remembers a pause across revoke/assign; our backpressure starts afresh
@@ -220,6 +241,7 @@ class Worker:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned -= tps
         self.aligner.revoke(tps)  # buffered, never processed nor committed: the next owner reads them
+        self.processor.ledger.forget(sorted({p for _, p in tps}))
         self.paused -= tps
         for tp in tps:
             self.committed.pop(tp, None)

@@ -1,23 +1,32 @@
 """Every Redis key the engine uses, in one place.
 
 Keys carry a Redis Cluster hash tag: ``{project|user_key}`` for user state, ``{project|campaign}`` for
-campaign counters, ``{p<partition>}`` for a partition's event-time clock. Lua scripts receive keys in
-KEYS and never build them.
+campaign counters, ``{p<partition>}`` for a partition's journal. Every script call touches the keys of
+one hash slot only (``attribution.state.router`` splits calls per slot on a cluster). Lua scripts
+receive keys in KEYS and never build them.
 
 ==========================================  ======  ====================================================
 key                                         type    contents
 ==========================================  ======  ====================================================
-``<prefix>:u:{<project>|<user_key>}``       hash    ``v`` CAS version, ``s`` msgpack UserState; TTL in
-                                                    event time (see ``attribution.core.user``)
+``<prefix>:u:{<project>|<user_key>}``       hash    ``s`` msgpack UserState, ``b`` batch fence
+                                                    ``<partition>:<seq>`` (``-`` appended when that
+                                                    batch was aborted for this user); TTL in event time
+                                                    (see ``attribution.core.user``)
 ``<prefix>:c:{<project>|<campaign>}``       hash    tally counters: sends, send_users, failed, clicks,
                                                     click_users, ``c|event|basis``,
                                                     ``r|event|basis|currency`` (decimal strings),
-                                                    ``version``, ``as_of``, ``channel``
+                                                    ``version``, ``as_of``, ``channel``, ``f|<partition>``
+                                                    (seq of the last batch of that partition applied)
 ``<prefix>:campaigns:{<project>}``          set     dirty members of the project's campaigns (to
                                                     republish them all when its settings change)
-``<prefix>:clock:{p<partition>}``           string  newest event ts (ms) seen on that input partition
+``<prefix>:j:{p<partition>}``               hash    the partition's journal: ``seq`` of its last batch,
+                                                    ``clock`` newest event ts (ms), ``body`` that batch's
+                                                    counter deltas per user (``attribution.state.ledger``)
 ``<prefix>:dirty``                          zset    ``["project","campaign"]`` (JSON) members whose
-                                                    tally must be (re)published; score = first-dirty ms
+                                                    tally must be (re)published; score = the campaign's
+                                                    newest version
+``<prefix>:gen``, ``<prefix>:gen:{<tag>}``  string  the state generation (one marker per hash slot on a
+                                                    cluster): missing markers mean lost state
 ==========================================  ======  ====================================================
 
 Ids inside a hash tag are escaped (``%`` ``|`` ``{`` ``}`` as ``%25`` ``%7C`` ``%7B`` ``%7D``) so that two
@@ -60,8 +69,16 @@ class Keys:
     def project_campaigns(self, project_id: str) -> str:
         return f"{self.prefix}:campaigns:{{{project_id.translate(_ESCAPES)}}}"
 
-    def clock(self, partition: int) -> str:
-        return f"{self.prefix}:clock:{{p{partition}}}"
+    def journal(self, partition: int) -> str:
+        return f"{self.prefix}:j:{{p{partition}}}"
+
+    @property
+    def generation(self) -> str:
+        return f"{self.prefix}:gen"
+
+    def generation_marker(self, tag: str) -> str:
+        """The marker stored in the hash slot of ``tag`` (one per slot on a Redis Cluster)."""
+        return f"{self.prefix}:gen:{{{tag}}}"
 
     @property
     def dirty(self) -> str:

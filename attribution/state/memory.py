@@ -6,54 +6,99 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from attribution.core.money import add, fmt
-from attribution.errors import StateConflict
-from attribution.state.base import CounterWrite, Loaded, UserWrite
+from attribution.state.base import CounterWrite, Generation, Journal, Loaded, OpenBatch, UserWrite
+
+
+def _fence(b: str | None) -> tuple[int, int] | None:
+    if not b:
+        return None
+    partition, seq = b.rstrip("-").split(":")
+    return int(partition), int(seq)
 
 
 class MemoryStore:
     """In-process twin of RedisStore (no TTLs: event-time eviction in the core is what tests observe)."""
 
     def __init__(self) -> None:
-        self.users: dict[str, tuple[int, bytes]] = {}
-        self.clocks: dict[str, int] = {}
+        self.users: dict[str, dict[str, bytes | str]] = {}
+        self.journals: dict[int, Journal] = {}
         self.hashes: dict[str, dict[str, str]] = {}
         self.dirty_members: dict[str, int] = {}
         self.projects: dict[str, set[tuple[str, str]]] = {}
-        self.applies = 0
+        self.markers: str | None = None
 
-    def load(self, user_keys: Sequence[str], clock_keys: Sequence[str]) -> Loaded:
-        users: dict[str, tuple[int, bytes | None]] = {}
+    def load(self, user_keys: Sequence[str], partitions: Sequence[int]) -> Loaded:
+        users: dict[str, tuple[bytes | None, str | None]] = {}
         for key in user_keys:
-            version, blob = self.users.get(key, (0, None))
-            users[key] = (version, blob)
-        return Loaded(users, {key: self.clocks.get(key) for key in clock_keys})
+            h = self.users.get(key, {})
+            blob, fence = h.get("s"), h.get("b")
+            users[key] = (
+                blob if isinstance(blob, bytes) else None,
+                fence if isinstance(fence, str) else None,
+            )
+        heads = {p: Journal(j.seq, j.clock_ts) if (j := self.journals.get(p)) else None for p in partitions}
+        return Loaded(users, heads)
 
-    def apply(
-        self,
-        users: Sequence[UserWrite],
-        clocks: dict[str, int],
-        counters: Sequence[CounterWrite],
-        now_ms: int,
-    ) -> None:
-        for u in users:
-            if self.users.get(u.key, (0, b""))[0] != u.expected_version:
-                raise StateConflict(f"state of {u.key} changed since it was read")
-        self.applies += 1
-        for key, ts in clocks.items():
-            self.clocks[key] = max(ts, self.clocks.get(key, ts))
-        for u in users:
-            self.users[u.key] = (u.expected_version + 1, u.blob)
+    def read_journal(self, partition: int) -> Journal | None:
+        return self.journals.get(partition)
+
+    def open_batches(self, batches: Sequence[OpenBatch]) -> dict[int, int | None]:
+        out: dict[int, int | None] = {}
+        for b in batches:
+            j = self.journals.get(b.partition)
+            seq = j.seq if j else 0
+            if seq != b.expected_seq:
+                out[b.partition] = None
+                continue
+            clock = max(j.clock_ts if j else 0, b.clock_ts)
+            self.journals[b.partition] = Journal(seq + 1, clock, b.body)
+            out[b.partition] = seq + 1
+        return out
+
+    def write_users(self, writes: Sequence[UserWrite]) -> list[bool]:
+        written = []
+        for w in writes:
+            h = self.users.setdefault(w.key, {})
+            fence = _fence(h.get("b"))  # type: ignore[arg-type]
+            ok = not (fence and fence[0] == w.partition and fence[1] >= w.seq)
+            if ok:
+                h["s"], h["b"] = w.blob, f"{w.partition}:{w.seq}"
+            written.append(ok)
+        return written
+
+    def settle(self, partition: int, seq: int, user_keys: Sequence[str], ttl_ms: int) -> list[int]:
+        mine = f"{partition}:{seq}"
+        states = []
+        for key in user_keys:
+            h = self.users.setdefault(key, {})
+            b = h.get("b")
+            fence = _fence(b)  # type: ignore[arg-type]
+            if b == mine:
+                states.append(1)
+            elif fence and fence[0] == partition and fence[1] > seq:
+                states.append(2)
+            else:
+                h["b"] = mine + "-"
+                states.append(0)
+        return states
+
+    def add_counters(self, counters: Sequence[CounterWrite], now_ms: int) -> None:
         for c in counters:
             h = self.hashes.setdefault(c.key, {})
-            for name, n in c.counts.items():
-                h[name] = str(int(h.get(name, "0")) + n)
-            for name, amount in c.revenue.items():
-                h[name] = fmt(add(Decimal(h.get(name, "0")), amount))
-            h["as_of"] = str(max(int(h.get("as_of", "0")), c.as_of_ts))
-            if c.channel:
-                h.setdefault("channel", c.channel)
-            h["version"] = str(max(int(h.get("version", "0")) + 1, now_ms * 1000))
-            self.dirty_members.setdefault(c.member, now_ms)
+            fence = f"f|{c.partition}"
+            if c.seq > int(h.get(fence, "0")):
+                for name, n in c.counts.items():
+                    h[name] = str(int(h.get(name, "0")) + n)
+                for name, amount in c.revenue.items():
+                    h[name] = fmt(add(Decimal(h.get(name, "0")), amount))
+                h["as_of"] = str(max(int(h.get("as_of", "0")), c.as_of_ts))
+                if c.channel:
+                    h.setdefault("channel", c.channel)
+                h["version"] = str(max(int(h.get("version", "0")) + 1, now_ms * 1000))
+                h[fence] = str(c.seq)
+        for c in counters:
+            version = int(self.hashes[c.key].get("version", "0"))
+            self.dirty_members[c.member] = max(version, self.dirty_members.get(c.member, version))
             self.projects.setdefault(c.project_key, set()).add((c.key, c.member))
 
     def dirty(self, limit: int) -> list[str]:
@@ -62,12 +107,11 @@ class MemoryStore:
     def counters(self, keys: Sequence[str]) -> list[dict[str, str]]:
         return [dict(self.hashes.get(key, {})) for key in keys]
 
-    def ack(self, published: Sequence[tuple[str, str, int]], now_ms: int = 0) -> int:
+    def ack(self, published: Sequence[tuple[str, int]]) -> int:
         removed = 0
-        for key, member, version in published:
-            if int(self.hashes.get(key, {}).get("version", "0")) > version:
-                self.dirty_members.setdefault(member, now_ms)
-            elif member in self.dirty_members:
+        for member, version in published:
+            score = self.dirty_members.get(member)
+            if score is not None and (version < 0 or score <= version):
                 del self.dirty_members[member]
                 removed += 1
         return removed
@@ -77,7 +121,16 @@ class MemoryStore:
         for key, member in sorted(self.projects.get(project_key, set())):
             h = self.hashes.get(key)
             if h:
-                h["version"] = str(max(int(h["version"]) + 1, now_ms * 1000))
-                self.dirty_members.setdefault(member, now_ms)
+                version = max(int(h["version"]) + 1, now_ms * 1000)
+                h["version"] = str(version)
+                self.dirty_members[member] = max(version, self.dirty_members.get(member, version))
                 marked += 1
         return marked
+
+    def generation(self) -> Generation:
+        return Generation(frozenset([self.markers]), 1)
+
+    def init_generation(self, value: str) -> str:
+        if self.markers is None:
+            self.markers = value
+        return self.markers

@@ -11,15 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, parse_settings
 from attribution.ops.traffic import DEMO_PROJECT, Traffic
-from attribution.state.keys import Keys
-from tests.support.kafka import Engine, TopicReader, engine_config
-from tests.support.reference import normalise_conversion, normalise_tally, reference
+from tests.support.kafka import Engine, engine_config
+from tests.support.outcome import assert_exact, consumed_everything, tallies_settled
+from tests.support.reference import normalise_tally
 
 pytestmark = pytest.mark.integration
 HOUR = 3600 * 1000
@@ -50,51 +48,6 @@ def scenario(start_ms: int, span_ms: int, step_ms: int, per_step: int, seed: int
     for now in range(start_ms, start_ms + span_ms, step_ms):
         out += [msgspec.convert(v, TYPES[k]) for k, _, v in traffic.events(now, per_step)]
     return out
-
-
-def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
-    """Wait until the group's committed offsets reach the end of every input partition."""
-    cfg = engine.config
-    probe = Consumer(cfg.kafka({"group.id": cfg.group_id, "enable.auto.commit": False}))
-    try:
-        tps = [TopicPartition(cfg.topic(k), p) for k in TYPES for p in range(cfg.partitions)]
-        deadline = time.monotonic() + timeout_s
-        while True:
-            committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
-            behind = [
-                tp for tp in tps if committed[(tp.topic, tp.partition)] < probe.get_watermark_offsets(tp)[1]
-            ]
-            if not behind:
-                return
-            assert time.monotonic() < deadline, f"not consumed within {timeout_s} s: {behind[:3]}"
-            time.sleep(0.2)
-    finally:
-        probe.close()
-
-
-def tallies_settled(engine: Engine, redis_url: str, reader: TopicReader, timeout_s: float = 60.0) -> None:
-    """Wait until no campaign is waiting for its tally to be published, then read the topic to its end."""
-    client = redis.Redis.from_url(redis_url)
-    dirty = Keys(engine.config.redis_prefix).dirty
-    deadline = time.monotonic() + timeout_s
-    while client.zcard(dirty):
-        assert time.monotonic() < deadline, "tallies still dirty"
-        time.sleep(0.1)
-    client.close()
-    reader.read_to_end()
-
-
-def assert_exact(
-    events: list[Event], settings: ProjectSettings, tallies: TopicReader, convs: TopicReader
-) -> int:
-    want_tallies, want_convs = reference(events, {settings.project_id: settings})
-    got = tallies.latest_tallies()
-    assert set(got) == set(want_tallies)
-    for key, want in want_tallies.items():
-        assert normalise_tally(got[key]) == want, key
-    latest = {cid: normalise_conversion(c) for cid, c in convs.latest_by_id().items()}
-    assert latest == {cid: normalise_conversion(c) for cid, c in want_convs.items()}
-    return len(convs.records) - len(latest)  # records that repeat an existing conversion_id
 
 
 @pytest.fixture

@@ -26,18 +26,18 @@ from tests.support.harness import kind
 
 
 def engine_config(kafka: str, redis_url: str, unique: str, **overrides: Any) -> Config:
-    return load_config(
-        kafka_bootstrap_servers=kafka,
-        redis_url=redis_url,
-        topic_prefix=f"t{unique}.",
-        group_id=f"g{unique}",
-        redis_prefix=f"r{unique}",
-        metrics_port=0,
-        session_timeout_ms=6000,
-        tally_interval_ms=100,
-        partitions=3,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": kafka,
+        "redis_url": redis_url,
+        "topic_prefix": f"t{unique}.",
+        "group_id": f"g{unique}",
+        "redis_prefix": f"r{unique}",
+        "metrics_port": 0,
+        "session_timeout_ms": 6000,
+        "tally_interval_ms": 100,
+        "partitions": 3,
+    }
+    return load_config(**{**values, **overrides})
 
 
 def env_of(config: Config) -> dict[str, str]:

@@ -66,10 +66,9 @@ def reference(
     for e in unique.values():
         if isinstance(e, Send):
             k = (e.project_id, e.campaign_id, e.message_id, e.device_id, e.user_key)
-            if e.status == "failed":
-                failed.setdefault(k, e)
-            else:
-                sends.setdefault(k, e)
+            kept = failed if e.status == "failed" else sends
+            if k not in kept or (e.ts, e.event_id) < (kept[k].ts, kept[k].event_id):
+                kept[k] = e  # copies of one message to one device: the earliest stands for it
         elif isinstance(e, Click):
             clicks.append(e)
         else:

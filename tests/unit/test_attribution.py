@@ -156,11 +156,8 @@ def test_redelivered_batch_changes_no_count_and_republishes_conversions() -> Non
     run.feed(records)
     before = run.tally(PROJECT, "c1")
     run.feed(records)
-    after = run.tally(PROJECT, "c1")
-    assert {k: v for k, v in after.items() if k != "version"} == {
-        k: v for k, v in before.items() if k != "version"
-    }
-    assert after["version"] > before["version"]
+    # the tally's dirty mark was durable before the offsets were committed: no new version needed
+    assert run.tally(PROJECT, "c1") == before
     assert len(run.emitted) == 2 and run.emitted[0] == run.emitted[1]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from attribution.core import user as user_rules
 from attribution.errors import BadInput
-from attribution.state.base import CounterWrite, UserWrite
+from attribution.state.base import UserWrite
 from attribution.state.memory import MemoryStore
 from tests.support.harness import Run
 from tests.support.scenarios import PROJECT, goal, send, settings
@@ -57,17 +57,12 @@ class RefusingStore(MemoryStore):
         super().__init__()
         self.calls = 0
 
-    def apply(
-        self,
-        users: Sequence[UserWrite],
-        clocks: dict[str, int],
-        counters: Sequence[CounterWrite],
-        now_ms: int,
-    ) -> None:
+    def write_users(self, writes: Sequence[UserWrite]) -> list[bool]:
+        # refused after the batch's journal was opened: the halves must recover it first
         self.calls += 1
-        if any("poison" in u.key for u in users):
-            raise BadInput("user_script:28: bad decimal")
-        super().apply(users, clocks, counters, now_ms)
+        if any("poison" in w.key for w in writes):
+            raise BadInput("user_script:28: bad blob")
+        return super().write_users(writes)
 
 
 def test_a_batch_the_state_script_refuses_is_halved_until_the_poison_user_is_found() -> None:

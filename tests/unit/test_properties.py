@@ -54,8 +54,8 @@ def event_sets(draw: st.DrawFn) -> list[Event]:
         channel = CAMPAIGNS[campaign]
         message = f"{campaign}-m{draw(st.integers(0, 1))}"
         if what in ("send", "failed"):
-            if (campaign, message, device) in seen_sends:
-                continue
+            if (campaign, message, device) in seen_sends and draw(st.booleans()):
+                continue  # else: another copy of that message (new event_id, maybe another ts)
             seen_sends.add((campaign, message, device))
             status = "failed" if what == "failed" else "sent"
             events.append(send(f"s{i}", campaign, device, ts, user, channel, message, status))

@@ -1,22 +1,20 @@
--- touch.lua: make campaigns be republished with a new version although their counters did not
--- change (their project's settings did: the primary basis and so the rate may differ).
+-- touch.lua: give campaigns a new version although their counters did not change (their project's
+-- settings did: the primary basis and so the rate may differ), so that they are republished.
 --
--- KEYS[1]          dirty zset (Keys.dirty)
--- KEYS[2..]        campaign counter hashes (Keys.campaign)
--- ARGV[1]          now, wall ms
--- ARGV[2..]        the dirty member of each campaign key, same order
+-- KEYS[i]        campaign counter hashes (Keys.campaign); all in one hash slot
+-- ARGV[1]        now, wall ms
 --
--- Returns how many campaigns were marked. A campaign whose hash expired is skipped.
--- Invariant: versions only grow (max(v + 1, now * 1000), as in apply.lua).
+-- Returns, per key, the new version, or 0 when the hash expired (nothing to republish).
+-- Invariant: versions only grow (max(v + 1, now * 1000), as in counters.lua).
 local now = tonumber(ARGV[1])
-local marked = 0
-for i = 2, #KEYS do
+local out = {}
+for i = 1, #KEYS do
   local v = redis.call('HGET', KEYS[i], 'version')
+  out[i] = 0
   if v then
     local version = math.max(tonumber(v) + 1, now * 1000)
     redis.call('HSET', KEYS[i], 'version', string.format('%d', version))
-    redis.call('ZADD', KEYS[1], 'NX', now, ARGV[i])
-    marked = marked + 1
+    out[i] = version
   end
 end
-return marked
+return out

@@ -1,0 +1,95 @@
+"""``attribution rebuild``: replay the retained inputs into a fresh state after Redis lost it.
+
+Steps: refuse while workers are running in the group; delete every key under the Redis prefix; start
+a new state generation; replay the inputs from ``earliest`` (every retained record: exact as long
+as the topics retain all history) or from ``window`` (now - the longest conversion window - grace:
+conversions for goals after that point are exact, but tallies count only the replayed events);
+publish tallies; leave the group's offsets at the end so that workers resume from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+from attribution.core.rules import SettingsBook
+from attribution.errors import AttributionError
+from attribution.ops.config import INPUT_KINDS, Config
+from attribution.runtime import kafka_io
+from attribution.runtime.worker import Worker
+from attribution.state.keys import Keys
+from attribution.state.redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def active_members(config: Config) -> int:
+    """Members of the worker's consumer group right now."""
+    futures = kafka_io.admin(config).describe_consumer_groups([config.group_id], request_timeout=15)
+    try:
+        group = futures[config.group_id].result(timeout=15)
+    except KafkaException as exc:
+        if exc.args[0].name() in ("GROUP_ID_NOT_FOUND", "COORDINATOR_NOT_AVAILABLE"):
+            return 0
+        raise AttributionError(f"cannot describe group {config.group_id}: {exc.args[0].str()}") from None
+    return len(group.members)
+
+
+def start_offsets(config: Config, since: str, partitions: int) -> dict[tuple[str, int], int]:
+    tps = [(config.topic(kind), p) for kind in INPUT_KINDS for p in range(partitions)]
+    if since == "earliest":
+        return {tp: OFFSET_BEGINNING for tp in tps}
+    feed = kafka_io.SettingsFeed(config, book := SettingsBook())
+    try:
+        feed.load_all()
+    finally:
+        feed.close()
+    windows = [
+        ev.window_ms for project in book.projects() if (s := book.get(project)) for ev in s.conversion_events
+    ]
+    from_ms = int(time.time() * 1000) - max(windows, default=0) - config.grace_ms
+    probe = kafka_io.consumer(config, {"group.id": f"{config.group_id}-rebuild-{uuid.uuid4().hex[:6]}"})
+    try:
+        found = probe.offsets_for_times([TopicPartition(t, p, from_ms) for t, p in tps], timeout=15)
+        out = {}
+        for tp in found:
+            # -1: no record at or after from_ms: start at the end (nothing of that partition to replay)
+            out[(tp.topic, tp.partition)] = (
+                tp.offset if tp.offset >= 0 else probe.get_watermark_offsets(tp, timeout=15)[1]
+            )
+        return out
+    finally:
+        probe.close()
+
+
+def rebuild(config: Config, since: str, force: bool = False) -> dict[str, object]:
+    partitions = kafka_io.check_copartitioned(config)
+    members = active_members(config)
+    if members and not force:
+        raise AttributionError(
+            f"{members} member(s) are in consumer group {config.group_id}: stop every worker first "
+            "(or pass --force if they are gone and the group has not expired them yet)"
+        )
+    offsets = start_offsets(config, since, partitions)
+    store = RedisStore.from_url(
+        config.redis_url.get_secret_value(), Keys(config.redis_prefix), config.tally_ttl_ms
+    )
+    try:
+        deleted = store.wipe()
+        generation = store.init_generation(uuid.uuid4().hex)
+    finally:
+        store.close()
+    log.info("deleted %d keys; new state generation %s; replaying from %s", deleted, generation, since)
+    started = time.monotonic()
+    worker = Worker(config, start_offsets=offsets, until_end=True)
+    worker.run()
+    return {
+        "deleted_keys": deleted,
+        "generation": generation,
+        "from": since,
+        "batches": worker.batches,
+        "seconds": round(time.monotonic() - started, 1),
+    }

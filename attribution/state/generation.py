@@ -1,0 +1,45 @@
+"""Lost-state detection: Redis holds a generation marker (one per hash slot on a cluster).
+
+A Redis that restarted without persistence, was flushed, or lost a cluster node lost markers with
+the state. A worker that finds markers missing while its consumer group has committed offsets
+refuses to run: the offsets say "already counted" for events whose state is gone, so carrying on
+would publish wrong counts. ``attribution rebuild`` replays the inputs into a fresh generation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from attribution.errors import LostState
+from attribution.state.base import Store
+
+REBUILD_HINT = "stop the workers and run `attribution rebuild` (see README, Guarantees)"
+
+
+def establish(store: Store, has_history: Callable[[], bool]) -> str:
+    """The generation in force; a fresh one when Redis is empty and nothing was ever consumed."""
+    found = store.generation()
+    if found.values == {None}:
+        if has_history():
+            raise LostState(
+                "Redis holds no attribution state (no generation marker) but the consumer group has "
+                f"committed offsets: Redis lost its data; {REBUILD_HINT}"
+            )
+        return store.init_generation(uuid.uuid4().hex)
+    return verify(store, None)
+
+
+def verify(store: Store, expected: str | None) -> str:
+    """Raise LostState unless every marker holds ``expected`` (or, if None, one common value)."""
+    found = store.generation()
+    missing = None in found.values
+    if missing or found.value is None or (expected is not None and found.value != expected):
+        if missing:
+            what = f"generation markers are missing (of {found.total})"
+        elif found.value is None:
+            what = f"generation markers disagree: {sorted(str(v) for v in found.values)}"
+        else:
+            what = f"the state generation changed from {expected} to {found.value} (a rebuild ran)"
+        raise LostState(f"Redis lost attribution state: {what}; {REBUILD_HINT}")
+    return found.value

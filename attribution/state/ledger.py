@@ -1,0 +1,174 @@
+"""Write a batch so that it can be torn anywhere and finished by whoever comes next.
+
+Users, campaigns and journals live in different hash slots (different servers on a Redis Cluster),
+so a batch cannot be one atomic write. Instead, per input partition (all of a user's events share
+one, because inputs are keyed and co-partitioned by user):
+
+1. the partition journal is compare-and-set to ``seq + 1``, holding each changed user's counter
+   deltas: from now on nobody else can open a batch on this partition before finishing this one;
+2. the user states are written, fenced ``<partition>:<seq>``;
+3. the counters get the deltas summed per (campaign, partition), fenced by ``seq``.
+
+Whoever finds a journal newer than the last batch it finished itself (a restart, a rebalance, a
+conflict) recovers it before reading anything: it asks each user of the journal whether batch
+``seq`` was written for them, closes the batch for those that were not (so that a late write from
+the old owner is refused), and adds the deltas of the written users. Counters therefore count a
+user's change exactly when the user's state holds it; the events of users the batch never reached
+are still unapplied, and are applied when the input is re-delivered (offsets are committed after).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from attribution.core.money import add, fmt
+from attribution.core.tally import CampaignDelta
+from attribution.errors import BadInput, LostState, StateConflict
+from attribution.state.base import CounterWrite, Journal, OpenBatch, Store, UserWrite
+from attribution.state.keys import Keys
+
+_DECIMAL = re.compile(r"-?\d+(\.\d+)?")
+
+
+class _Delta(msgspec.Struct, array_like=True):
+    project_id: str
+    campaign_id: str
+    as_of_ts: int
+    channel: str | None
+    counts: dict[str, int]
+    revenue: dict[str, str]
+
+
+class _Entry(msgspec.Struct, array_like=True):
+    user_key: str  # the Redis key of the user's state
+    deltas: list[_Delta]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list[_Entry]).decode
+
+
+@dataclass(slots=True)
+class PartitionBatch:
+    """What one batch writes for one input partition."""
+
+    partition: int
+    clock_ts: int
+    users: list[tuple[str, bytes, int]] = field(default_factory=list)  # (key, blob, ttl ms)
+    deltas: dict[str, list[CampaignDelta]] = field(default_factory=dict)  # user key -> its deltas
+
+
+class Ledger:
+    """Knows the last batch this process finished per partition; see the module docstring."""
+
+    def __init__(self, store: Store, keys: Keys, mark_ttl_ms: int) -> None:
+        self.store = store
+        self.keys = keys
+        self.mark_ttl_ms = mark_ttl_ms
+        self.known: dict[int, int] = {}
+
+    def stale(self, journals: dict[int, Journal | None]) -> list[int]:
+        """Partitions whose journal must be recovered before their users are read."""
+        out = []
+        for p, journal in journals.items():
+            known = self.known.get(p)
+            if journal is None:
+                if known:
+                    raise LostState(
+                        f"the journal of input partition {p} vanished from Redis after batch {known}: "
+                        "Redis lost its data (restart without persistence, flush or failover)"
+                    )
+                self.known[p] = 0
+            elif journal.seq != known:
+                out.append(p)
+        return out
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        """Partitions this process no longer owns: check their journal again before using them."""
+        for p in partitions:
+            self.known.pop(p, None)
+
+    def recover(self, partition: int, now_ms: int) -> int:
+        """Finish the last batch opened on ``partition``; returns how many users it had reached."""
+        journal = self.store.read_journal(partition)
+        if journal is None:
+            self.stale({partition: None})
+            return 0
+        entries = _decode(journal.body) if journal.body else []
+        states = self.store.settle(partition, journal.seq, [e.user_key for e in entries], self.mark_ttl_ms)
+        if 2 in states:
+            raise StateConflict(f"partition {partition} moved past batch {journal.seq} during its recovery")
+        written = [e for e, s in zip(entries, states, strict=True) if s == 1]
+        self.store.add_counters(_counters(self.keys, partition, journal.seq, written), now_ms)
+        self.known[partition] = journal.seq
+        return len(written)
+
+    def commit(self, batches: Sequence[PartitionBatch], now_ms: int) -> None:
+        """Journal, users, counters. StateConflict when another writer owns a partition now: nothing of
+        ours is counted that a recovery would not count the same way."""
+        bodies = {}
+        for b in batches:
+            entries = [_Entry(key, [_row(d) for d in ds]) for key, ds in b.deltas.items()]
+            bodies[b.partition] = (entries, _encode(entries))
+        opened = self.store.open_batches(
+            [
+                OpenBatch(b.partition, self.known.get(b.partition, 0), b.clock_ts, bodies[b.partition][1])
+                for b in batches
+            ]
+        )
+        lost = sorted(p for p, seq in opened.items() if seq is None)
+        if lost:
+            self.forget(list(opened))
+            raise StateConflict(f"input partitions {lost} were written by another worker")
+        writes = [
+            UserWrite(key, b.partition, opened[b.partition] or 0, blob, ttl_ms)
+            for b in batches
+            for key, blob, ttl_ms in b.users
+        ]
+        if not all(self.store.write_users(writes)):
+            self.forget(list(opened))
+            raise StateConflict("a batch was closed under us by another worker's recovery")
+        counters: list[CounterWrite] = []
+        for b in batches:
+            counters += _counters(self.keys, b.partition, opened[b.partition] or 0, bodies[b.partition][0])
+        self.store.add_counters(counters, now_ms)
+        for p, seq in opened.items():
+            self.known[p] = seq or 0
+
+
+def _row(d: CampaignDelta) -> _Delta:
+    revenue = {name: fmt(amount) for name, amount in d.revenue.items()}
+    for name, text in revenue.items():
+        # the Lua adder takes plain decimal strings only: refuse anything else before writing
+        if not _DECIMAL.fullmatch(text):
+            raise BadInput(f"revenue {name}={text!r} is not a plain decimal")
+    return _Delta(d.project_id, d.campaign_id, d.as_of_ts, d.channel, dict(d.counts), revenue)
+
+
+def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -> list[CounterWrite]:
+    """The deltas of ``entries`` summed per campaign, fenced by (partition, seq)."""
+    out: dict[tuple[str, str], CounterWrite] = {}
+    for entry in entries:
+        for d in entry.deltas:
+            c = out.get((d.project_id, d.campaign_id))
+            if c is None:
+                c = out[(d.project_id, d.campaign_id)] = CounterWrite(
+                    key=keys.campaign(d.project_id, d.campaign_id),
+                    member=keys.member(d.project_id, d.campaign_id),
+                    project_key=keys.project_campaigns(d.project_id),
+                    partition=partition,
+                    seq=seq,
+                )
+            for name, n in d.counts.items():
+                c.counts[name] = c.counts.get(name, 0) + n
+            for name, text in d.revenue.items():
+                c.revenue[name] = add(c.revenue.get(name, Decimal(0)), Decimal(text))
+            c.as_of_ts = max(c.as_of_ts, d.as_of_ts)
+            if c.channel is None:
+                c.channel = d.channel
+    return list(out.values())

@@ -1,0 +1,135 @@
+"""Send script calls to the right Redis: one server, or the primaries of a Redis Cluster.
+
+Every script call names keys of a single hash slot, so it runs unchanged on a cluster (no CROSSSLOT,
+no key built inside Lua). ``split`` groups a batch's keys accordingly: one group on a single server
+(one call per batch), one group per hash slot on a cluster. ``run`` pipelines the calls, one round
+trip per server, loads scripts a server lost (NOSCRIPT), and follows MOVED/ASK after a reshard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
+
+from attribution.errors import AttributionError, BadInput
+from attribution.state.scripts import SCRIPTS, Script
+
+ROUTING_RETRIES = 5
+Client = redis.Redis | RedisCluster
+
+
+class Call(NamedTuple):
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+def connect(url: str) -> Client:
+    """A client for ``url``: a cluster client when the server says it is in cluster mode."""
+    options: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5}
+    client = redis.Redis.from_url(url, health_check_interval=30, **options)
+    try:
+        enabled = int(client.info("cluster").get("cluster_enabled", 0))
+    except redis.RedisError as exc:
+        raise AttributionError(f"Redis at REDIS_URL does not answer: {exc}") from exc
+    if not enabled:
+        return client
+    client.close()
+    return RedisCluster.from_url(url, **options)
+
+
+class Router:
+    """Runs script calls and plain pipelines on a client; see the module docstring."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+
+    def split(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indexes of ``keys`` grouped so that each group may go to one script call."""
+        if not keys:
+            return []
+        if not isinstance(self.client, RedisCluster):
+            return [list(range(len(keys)))]
+        groups: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key_slot(key.encode()), []).append(i)
+        return list(groups.values())
+
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline for plain commands (a cluster pipeline routes them)."""
+        return self.client.pipeline(transaction=False)
+
+    def primaries(self) -> list[redis.Redis]:
+        if isinstance(self.client, RedisCluster):
+            nodes = self.client.get_primaries()  # type: ignore[no-untyped-call]
+            return [node.redis_connection for node in nodes]
+        return [self.client]
+
+    def run(self, calls: Sequence[Call]) -> list[Any]:
+        """Every call's reply, in order. A script error raised by the data (``user_script``) is
+        BadInput; errors about Redis itself (OOM, READONLY, connection) propagate unchanged."""
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(ROUTING_RETRIES):
+            retry: list[int] = []
+            for conn, indexes in self._by_server(calls, pending):
+                pipe = conn.pipeline(transaction=False)
+                for i in indexes:
+                    c = calls[i]
+                    pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)  # type: ignore[no-untyped-call]
+                results = pipe.execute(raise_on_error=False)
+                lost_scripts = False
+                for i, reply in zip(indexes, results, strict=True):
+                    if isinstance(reply, NoScriptError):
+                        lost_scripts = True
+                        retry.append(i)
+                    elif isinstance(reply, MovedError | AskError | TryAgainError):
+                        retry.append(i)
+                    elif isinstance(reply, ResponseError):
+                        if "user_script" in str(reply):
+                            raise BadInput(f"{calls[i].script.name}.lua: {reply}") from reply
+                        raise reply
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    else:
+                        replies[i] = reply
+                if lost_scripts:
+                    load_scripts(conn)
+            if not retry:
+                return replies
+            pending = retry
+            if isinstance(self.client, RedisCluster):
+                self.client.nodes_manager.initialize()
+            time.sleep(0.05 * attempt)
+        raise AttributionError(
+            f"{len(pending)} script calls could not be routed after {ROUTING_RETRIES} tries"
+        )
+
+    def _by_server(self, calls: Sequence[Call], indexes: list[int]) -> list[tuple[redis.Redis, list[int]]]:
+        if not isinstance(self.client, RedisCluster):
+            return [(self.client, indexes)]
+        servers: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for i in indexes:
+            slot = key_slot(calls[i].keys[0].encode())
+            node = self.client.nodes_manager.get_node_from_slot(slot)
+            servers.setdefault(node.name, (node.redis_connection, []))[1].append(i)
+        return list(servers.values())
+
+
+def close(client: Client) -> None:
+    """Close ``client`` and, on a cluster, the connections it opened to each node."""
+    for conn in Router(client).primaries():
+        conn.close()
+    client.close()
+
+
+def load_scripts(conn: redis.Redis) -> None:
+    for script in SCRIPTS:
+        conn.script_load(script.source)

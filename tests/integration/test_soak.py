@@ -1,0 +1,69 @@
+"""Chaos soak: 2-3 worker processes, SIGKILLed at random and replaced while traffic flows; the
+outputs must equal the reference. Short in ``make test``; ``make soak`` sets SOAK_EVENTS=1000000
+and SOAK_KILLS=20 (and runs single Redis and Redis Cluster alike).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import cast
+
+import pytest
+
+from tests.support.kafka import Engine, engine_config
+from tests.support.outcome import assert_exact, consumed_everything, tallies_settled
+from tests.support.soak import GRACE_MS, SOAK_SETTINGS, Chaos, produce_over, scenario
+
+pytestmark = pytest.mark.integration
+HOUR_MS = 3600 * 1000
+
+EVENTS = int(os.environ.get("SOAK_EVENTS", "50000"))
+KILLS = int(os.environ.get("SOAK_KILLS", "3"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", str(max(12, EVENTS // 4000))))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def state(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(name, REDIS_URL): a single valkey, then a 3-master valkey cluster."""
+    if request.param == "cluster":
+        return "cluster", cast(list[str], request.getfixturevalue("redis_cluster_urls"))[0]
+    return "redis", cast(str, request.getfixturevalue("redis_url"))
+
+
+def test_soak_with_kills_and_rebalances_equals_the_reference(
+    kafka_bootstrap: str, state: tuple[str, str]
+) -> None:
+    name, url = state
+    seed = 20261123
+    engine = Engine(
+        engine_config(
+            kafka_bootstrap, url, uuid.uuid4().hex[:8], partitions=6, grace_ms=GRACE_MS, batch_size=2000
+        )
+    )
+    engine.put_settings(SOAK_SETTINGS)
+    start = int(time.time() * 1000) - 3 * HOUR_MS
+    events, ordered = scenario(EVENTS, seed, start, users=max(500, EVENTS // 20))
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    chaos = Chaos(engine, seed, every_s=max(1.5, SECONDS / (KILLS + 1)))
+    began = time.monotonic()
+    chaos.start()
+    try:
+        produce_over(engine, ordered, SECONDS, lambda: tallies.poll(0))
+        chaos.wait_for_kills(KILLS, timeout_s=300)
+        chaos.calm()
+        consumed_everything(engine, timeout_s=900)
+        tallies_settled(engine, url, tallies, timeout_s=120)
+        convs.read_to_end(timeout_s=120)
+    finally:
+        chaos.stop()
+        engine.close()
+    repeats = assert_exact(events, SOAK_SETTINGS, tallies, convs)
+    report = chaos.report
+    assert all(code == 0 for code in report.exit_codes), report.exit_codes  # no worker died on its own
+    print(  # noqa: T201 - the soak report
+        f"\nsoak on {name}: events {len(ordered)} ({len(events)} distinct), kills {report.kills},"
+        f" workers started {report.started}, rebalances {report.rebalances},"
+        f" duplicates emitted {repeats}, {time.monotonic() - began:.0f} s, tallies == reference: yes"
+    )

@@ -1,0 +1,78 @@
+"""Waiting for an engine to finish, and checking its outputs against the reference implementation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from attribution.core.model import Event
+from attribution.core.rules import ProjectSettings
+from attribution.ops.config import INPUT_KINDS
+from attribution.state.keys import Keys
+from attribution.state.router import close, connect
+from tests.support.kafka import Engine, TopicReader
+from tests.support.reference import normalise_conversion, normalise_tally, reference
+
+
+def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
+    """Wait until the group's committed offsets reach the end of every input partition."""
+    cfg = engine.config
+    probe = Consumer(cfg.kafka({"group.id": cfg.group_id, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(cfg.topic(k), p) for k in INPUT_KINDS for p in range(cfg.partitions)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
+            behind = [
+                tp for tp in tps if committed[(tp.topic, tp.partition)] < probe.get_watermark_offsets(tp)[1]
+            ]
+            if not behind:
+                return
+            assert time.monotonic() < deadline, f"not consumed within {timeout_s} s: {behind[:3]}"
+            time.sleep(0.2)
+    finally:
+        probe.close()
+
+
+def tallies_settled(engine: Engine, redis_url: str, reader: TopicReader, timeout_s: float = 60.0) -> None:
+    """Wait until no campaign is waiting for its tally to be published, then read the topic to its end."""
+    client = connect(redis_url)
+    dirty = Keys(engine.config.redis_prefix).dirty
+    deadline = time.monotonic() + timeout_s
+    while client.zcard(dirty):
+        assert time.monotonic() < deadline, "tallies still dirty"
+        time.sleep(0.1)
+    close(client)
+    reader.read_to_end()
+
+
+def assert_exact(
+    events: list[Event], settings: ProjectSettings, tallies: TopicReader, convs: TopicReader
+) -> int:
+    want_tallies, want_convs = reference(events, {settings.project_id: settings})
+    got = tallies.latest_tallies()
+    assert set(got) == set(want_tallies)
+    for key, want in want_tallies.items():
+        have = normalise_tally(got[key])
+        assert have == want, (key, _diff(have, want))
+    latest = {cid: normalise_conversion(c) for cid, c in convs.latest_by_id().items()}
+    wanted = {cid: normalise_conversion(c) for cid, c in want_convs.items()}
+    assert latest == wanted, (
+        f"{len(latest.keys() - wanted.keys())} unexpected, {len(wanted.keys() - latest.keys())} missing, "
+        f"{sum(latest[k] != wanted[k] for k in latest.keys() & wanted.keys())} different conversions"
+    )
+    return len(convs.records) - len(latest)  # records that repeat an existing conversion_id
+
+
+def _diff(have: dict[str, Any], want: dict[str, Any], path: str = "") -> list[str]:
+    """The paths where two nested dicts differ, with both values."""
+    out = []
+    for k in sorted(have.keys() | want.keys(), key=str):
+        a, b = have.get(k), want.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{path}{k}.")
+        elif a != b:
+            out.append(f"{path}{k}: got {a!r}, want {b!r}")
+    return out
