@@ -58,6 +58,7 @@ class BatchResult:
     amount_missing: Counter[str] = field(default_factory=Counter)
     redis_seconds: dict[str, float] = field(default_factory=dict)
     conflicts: int = 0
+    recovered: int = 0  # partition batches finished for someone else (a crash, a rebalance)
 
 
 class Processor:
@@ -170,6 +171,7 @@ class Processor:
         if stale:  # someone else's batch (or our torn one) comes first
             for p in stale:
                 self.ledger.recover(p, now)
+            result.recovered += len(stale)
             loaded = self.store.load(user_keys, partitions)
             if self.ledger.stale(loaded.journals):
                 raise StateConflict(f"input partitions {stale} are being written by another worker")

@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def active_members(config: Config) -> int:
-    """Members of the worker's consumer group right now."""
-    futures = kafka_io.admin(config).describe_consumer_groups([config.group_id], request_timeout=15)
+    """Members of the worker's consumer group as the broker describes it (0 when it cannot say: the
+    rebuild then relies on getting every input partition when it joins the group)."""
+    futures = kafka_io.admin(config).describe_consumer_groups([config.group_id], request_timeout=10)
     try:
-        group = futures[config.group_id].result(timeout=15)
-    except KafkaException as exc:
-        if exc.args[0].name() in ("GROUP_ID_NOT_FOUND", "COORDINATOR_NOT_AVAILABLE"):
-            return 0
-        raise AttributionError(f"cannot describe group {config.group_id}: {exc.args[0].str()}") from None
+        group = futures[config.group_id].result(timeout=20)
+    except (KafkaException, TimeoutError) as exc:
+        log.warning("cannot describe group %s (%s); relying on the assignment", config.group_id, exc)
+        return 0
     return len(group.members)
 
 
@@ -74,21 +74,31 @@ def rebuild(config: Config, since: str, force: bool = False) -> dict[str, object
             "(or pass --force if they are gone and the group has not expired them yet)"
         )
     offsets = start_offsets(config, since, partitions)
-    store = RedisStore.from_url(
-        config.redis_url.get_secret_value(), Keys(config.redis_prefix), config.tally_ttl_ms
-    )
-    try:
-        deleted = store.wipe()
-        generation = store.init_generation(uuid.uuid4().hex)
-    finally:
-        store.close()
-    log.info("deleted %d keys; new state generation %s; replaying from %s", deleted, generation, since)
+    wiped: dict[str, object] = {}
+
+    def fresh_state() -> str:
+        """Runs once the group gave us every input partition: no worker can write any more."""
+        store = RedisStore.from_url(
+            config.redis_url.get_secret_value(), Keys(config.redis_prefix), config.tally_ttl_ms
+        )
+        try:
+            wiped["deleted_keys"] = store.wipe()
+            wiped["generation"] = generation = store.init_generation(uuid.uuid4().hex)
+        finally:
+            store.close()
+        log.info(
+            "deleted %s keys; state generation %s; replaying from %s",
+            wiped["deleted_keys"],
+            generation,
+            since,
+        )
+        return generation
+
     started = time.monotonic()
-    worker = Worker(config, start_offsets=offsets, until_end=True)
+    worker = Worker(config, start_offsets=offsets, until_end=True, exclusive_start=fresh_state)
     worker.run()
     return {
-        "deleted_keys": deleted,
-        "generation": generation,
+        **wiped,
         "from": since,
         "batches": worker.batches,
         "seconds": round(time.monotonic() - started, 1),

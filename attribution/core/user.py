@@ -182,20 +182,20 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         delta.add("failed")
         delta.seen(ev.ts, ev.channel.value)
         return "applied"
-    for i, t in enumerate(state.touches):
-        if t.basis == _SEND and (
-            t.event_id == ev.event_id
-            or (
-                t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id
-            )
-        ):
-            # one message to one device is one send, whatever the copies; the earliest copy by
-            # (ts, event_id) stands for it, so that arrival order cannot choose the touch time
-            if (ev.ts, ev.event_id) < (t.ts, t.event_id):
-                state.touches[i] = Touch(
-                    t.campaign, _SEND, ev.ts, ev.event_id, t.message_id, t.device_id, t.channel
-                )
-            return "duplicate"
+    copy = False
+    for t in state.touches:
+        if t.basis == _SEND:
+            if t.event_id == ev.event_id:
+                return "duplicate"
+            if t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id:
+                copy = True
+    if copy:
+        # another copy of one message to one device: counted once, but every copy is a touch, so
+        # that arrival order cannot decide which copy's time the goal is measured against
+        state.touches.append(
+            Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+        )
+        return "duplicate"
     state.touches.append(
         Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
     )

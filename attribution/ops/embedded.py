@@ -188,11 +188,25 @@ def _kafka_answers(bootstrap: str) -> bool:
     return True
 
 
-def start_kafka(port: int | None = None, log_path: Path | None = None, timeout: float = 30.0) -> LocalProcess:
-    """Start `tansu broker` (memory storage) on 127.0.0.1; `.url` is the bootstrap `127.0.0.1:PORT`."""
+def start_kafka(
+    port: int | None = None,
+    log_path: Path | None = None,
+    timeout: float = 30.0,
+    advertised_port: int | None = None,
+) -> LocalProcess:
+    """Start `tansu broker` (memory storage) on 127.0.0.1; `.url` is the bootstrap `127.0.0.1:PORT`.
+    ``advertised_port`` makes clients reconnect through another port (a proxy in front)."""
     port = _claim(port)
     listener = f"tcp://127.0.0.1:{port}"
-    argv = [str(tansu_binary()), "broker", "--listener-url", listener, "--advertised-listener-url", listener]
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
+    argv = [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        advertised,
+    ]
     workdir = Path(tempfile.mkdtemp(prefix=f"attribution-kafka-{port}-"))
     proc = LocalProcess("tansu", argv, port, f"127.0.0.1:{port}", workdir, log_path=log_path)
     proc.wait_until(

@@ -65,6 +65,12 @@ class Metrics:
         self.conflicts = Counter(
             "attribution_state_conflicts", "Batches retried after a CAS conflict", registry=r
         )
+        self.recovered = Counter(
+            "attribution_recovered_batches",
+            "Partition batches this worker finished before reading the partition (its own after a "
+            "restart, or the previous owner's after a rebalance)",
+            registry=r,
+        )
         self.settings_version = Gauge(
             "attribution_settings_version", "Settings version in force", ["project"], registry=r
         )

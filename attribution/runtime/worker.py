@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
@@ -47,12 +48,17 @@ class Worker:
         metrics: Metrics | None = None,
         start_offsets: dict[tuple[str, int], int] | None = None,
         until_end: bool = False,
+        exclusive_start: Callable[[], str] | None = None,
     ) -> None:
-        """``start_offsets`` overrides the committed offsets on assignment; ``until_end`` stops the
-        worker once it owns every input partition and has processed each to its end (rebuild)."""
+        """For ``attribution rebuild``: ``start_offsets`` overrides the committed offsets on
+        assignment; ``until_end`` stops the worker once it owns every input partition and has
+        processed each to its end; ``exclusive_start`` is called (and returns the new generation)
+        only once the first assignment gives this worker every input partition, else it stops."""
         self.config = config
         self.start_offsets = start_offsets
         self.until_end = until_end
+        self.exclusive_start = exclusive_start
+        self.refused: AttributionError | None = None
         self.input_partitions = 0
         self.metrics = metrics or Metrics()
         self.keys = Keys(config.redis_prefix)
@@ -101,10 +107,11 @@ class Worker:
                 "partition.assignment.strategy": "range",
             },
         )
-        self.generation = generation.establish(
-            self.store, lambda: kafka_io.has_committed(consumer, cfg, partitions)
-        )
-        log.info("state generation %s", self.generation)
+        if self.exclusive_start is None:
+            self.generation = generation.establish(
+                self.store, lambda: kafka_io.has_committed(consumer, cfg, partitions)
+            )
+            log.info("state generation %s", self.generation)
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
@@ -117,6 +124,10 @@ class Worker:
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
                 self._last_loop = time.monotonic()
+                if self.refused is not None:
+                    break
+                if self.generation is None:  # exclusive start: nothing to do before it
+                    continue
                 changed = settings.poll(0)
                 if changed:
                     self._settings_changed(changed)
@@ -128,12 +139,14 @@ class Worker:
                 if now >= next_lag:
                     self._export_lag(consumer)
                     next_lag = now + LAG_EVERY_S
-                if now >= next_check:
+                if now >= next_check and self.generation is not None:
                     generation.verify(self.store, self.generation)
                     next_check = now + cfg.state_check_ms / 1000
                 if self.until_end and self._at_end():
                     log.info("every input partition processed to its end")
                     break
+            if self.refused is not None:
+                raise self.refused
             self._publish_tallies(outputs)
         finally:
             self.ready = False
@@ -223,6 +236,14 @@ class Worker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
+        if self.exclusive_start is not None and self.generation is None:
+            if len(tps) != len(self.kinds) * self.input_partitions:
+                self.refused = AttributionError(
+                    f"other members of consumer group {self.config.group_id} hold input partitions "
+                    f"(got {len(tps)} of {len(self.kinds) * self.input_partitions}): stop every worker first"
+                )
+                return
+            self.generation = self.exclusive_start()
         if self.start_offsets is not None:
             for tp in partitions:
                 tp.offset = self.start_offsets.get((tp.topic, tp.partition), tp.offset)
@@ -265,6 +286,7 @@ class Worker:
         for event, count in result.amount_missing.items():
             m.amount_missing.labels(event).inc(count)
         m.conflicts.inc(result.conflicts)
+        m.recovered.inc(result.recovered)
 
     def _export_lag(self, consumer: Consumer) -> None:
         """Lag from the high watermark librdkafka caches from every fetch: no broker round trip."""

@@ -54,8 +54,10 @@ def env_of(config: Config) -> dict[str, str]:
         "tally_interval_ms",
         "grace_ms",
         "batch_size",
+        "state_check_ms",
+        "exactly_once",
     ):
-        env[f"ATTRIBUTION_{name.upper()}"] = str(getattr(config, name))
+        env[f"ATTRIBUTION_{name.upper()}"] = str(getattr(config, name)).lower()
     return env
 
 

@@ -61,14 +61,17 @@ def reference(
     # (anonymous, then logged in) is another audience member
     sends: dict[tuple[str, str, str, str, str], Send] = {}
     failed: dict[tuple[str, str, str, str, str], Send] = {}
+    copies: list[Send] = []
     clicks: list[Click] = []
     goals: list[Goal] = []
     for e in unique.values():
         if isinstance(e, Send):
             k = (e.project_id, e.campaign_id, e.message_id, e.device_id, e.user_key)
-            kept = failed if e.status == "failed" else sends
-            if k not in kept or (e.ts, e.event_id) < (kept[k].ts, kept[k].event_id):
-                kept[k] = e  # copies of one message to one device: the earliest stands for it
+            if e.status == "failed":
+                failed.setdefault(k, e)
+            else:
+                sends.setdefault(k, e)  # copies of one message to one device count once...
+                copies.append(e)  # ...but each copy is a touch
         elif isinstance(e, Click):
             clicks.append(e)
         else:
@@ -83,6 +86,7 @@ def reference(
         t["sends"] += 1
         t["send_users"].add(s.user_key)
         t["ch"] = t["ch"] or s.channel.value
+    for s in copies:
         touches[(s.project_id, s.campaign_id, "send", s.user_key)].append(s)
     for (p, c, _, _, _), f in failed.items():
         tallies[(p, c)]["failed"] += 1
@@ -97,16 +101,16 @@ def reference(
     convs: dict[str, dict[str, Any]] = {}
     counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
     revenue: dict[tuple[str, str, str, str], dict[str, Decimal]] = defaultdict(dict)
+    goals_of: defaultdict[tuple[str, str, str], list[Goal]] = defaultdict(list)
+    for g in goals:
+        goals_of[(g.project_id, g.user_key, g.name)].append(g)
     for (project, campaign, basis, user), all_touches in touches.items():
         cfg = settings.get(project)
         if cfg is None:
             continue
         ts_list = [t for t in all_touches if _allows(t.channel.value, basis)]
         for ev in cfg.conversion_events:
-            candidates = sorted(
-                (g for g in goals if g.project_id == project and g.user_key == user and g.name == ev.name),
-                key=lambda g: (g.ts, g.event_id),
-            )
+            candidates = sorted(goals_of[(project, user, ev.name)], key=lambda g: (g.ts, g.event_id))
             for g in candidates:
                 ok = [t for t in ts_list if t.ts <= g.ts <= t.ts + ev.window_ms]
                 if not ok:
