@@ -118,6 +118,14 @@ def redis_cluster_urls() -> Iterator[list[str]]:
         yield cluster.urls
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(name, REDIS_URL) of a single valkey, then of the 3-master valkey cluster."""
+    if request.param == "cluster":
+        return "cluster", request.getfixturevalue("redis_cluster_urls")[0]
+    return "redis", request.getfixturevalue("redis_url")
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on `redis_url`, closed after the test."""

@@ -48,10 +48,24 @@ class Outputs:
         if err is not None:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if on_delivery is not None:  # replaces the producer-wide callback for this record: call both
+
+            def both(err: Any, msg: Any) -> None:
+                self._on_delivery(err, msg)
+                on_delivery(err, msg)
+
+            extra["on_delivery"] = both
         while True:
             try:
-                self.producer.produce(topic, key=key, value=value)
+                self.producer.produce(topic, key=key, value=value, **extra)
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)

@@ -214,8 +214,12 @@ class Worker:
         topic = self.config.topic("tallies")
         flushed = False
 
-        def publish(member: str, snap: dict[str, Any]) -> None:
-            outputs.produce(topic, member.encode(), orjson.dumps(snap))
+        def publish(member: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+            def delivered(err: KafkaError | None, msg: Message) -> None:
+                if err is None:
+                    on_offset(msg.offset() or 0)
+
+            outputs.produce(topic, member.encode(), orjson.dumps(snap), delivered)
 
         def flush() -> None:
             nonlocal flushed

@@ -110,8 +110,9 @@ class Store(Protocol):
 
     def counters(self, keys: Sequence[str]) -> list[dict[str, str]]: ...
 
-    def ack(self, published: Sequence[tuple[str, int]]) -> int:
-        """Forget (member, published version) marks not overtaken by a newer version; -1 forgets."""
+    def ack(self, published: Sequence[tuple[str, int, int]]) -> int:
+        """(member, version, topic offset) of snapshots that reached the tallies topic: forget the
+        marks whose newest version is the key's last record there; version -1 forgets."""
         ...
 
     def touch_project(self, project_key: str, now_ms: int) -> int: ...

@@ -20,13 +20,15 @@ REBUILD_HINT = "stop the workers and run `attribution rebuild` (see README, Guar
 def establish(store: Store, has_history: Callable[[], bool]) -> str:
     """The generation in force; a fresh one when Redis is empty and nothing was ever consumed."""
     found = store.generation()
-    if found.values == {None}:
+    if None in found.values:
         if has_history():
+            what = "no generation marker" if found.values == {None} else "generation markers are missing"
             raise LostState(
-                "Redis holds no attribution state (no generation marker) but the consumer group has "
-                f"committed offsets: Redis lost its data; {REBUILD_HINT}"
+                f"Redis holds {what} but the consumer group has committed offsets: Redis lost its "
+                f"data; {REBUILD_HINT}"
             )
-        return store.init_generation(uuid.uuid4().hex)
+        # nothing was ever consumed: a first start (or one that died while setting the markers)
+        return verify(store, store.init_generation(uuid.uuid4().hex))
     return verify(store, None)
 
 

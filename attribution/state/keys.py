@@ -22,9 +22,11 @@ key                                         type    contents
 ``<prefix>:j:{p<partition>}``               hash    the partition's journal: ``seq`` of its last batch,
                                                     ``clock`` newest event ts (ms), ``body`` that batch's
                                                     counter deltas per user (``attribution.state.ledger``)
-``<prefix>:dirty``                          zset    ``["project","campaign"]`` (JSON) members whose
+``<prefix>:dirty:{tally}``                  zset    ``["project","campaign"]`` (JSON) members whose
                                                     tally must be (re)published; score = the campaign's
                                                     newest version
+``<prefix>:appended:{tally}``               hash    member -> ``<offset>:<version>`` of its last record
+                                                    on the tallies topic (same slot as the dirty set)
 ``<prefix>:gen``, ``<prefix>:gen:{<tag>}``  string  the state generation (one marker per hash slot on a
                                                     cluster): missing markers mean lost state
 ==========================================  ======  ====================================================
@@ -82,4 +84,8 @@ class Keys:
 
     @property
     def dirty(self) -> str:
-        return f"{self.prefix}:dirty"
+        return f"{self.prefix}:dirty:{{tally}}"
+
+    @property
+    def appended(self) -> str:
+        return f"{self.prefix}:appended:{{tally}}"

@@ -28,7 +28,7 @@ import msgspec
 
 from attribution.core.money import add, fmt
 from attribution.core.tally import CampaignDelta
-from attribution.errors import BadInput, LostState, StateConflict
+from attribution.errors import AttributionError, BadInput, LostState, StateConflict
 from attribution.state.base import CounterWrite, Journal, OpenBatch, Store, UserWrite
 from attribution.state.keys import Keys
 
@@ -71,6 +71,8 @@ class Ledger:
         self.keys = keys
         self.mark_ttl_ms = mark_ttl_ms
         self.known: dict[int, int] = {}
+        # partitions whose journal this process saw: it must never vanish (forget() keeps this)
+        self.seen: set[int] = set()
 
     def stale(self, journals: dict[int, Journal | None]) -> list[int]:
         """Partitions whose journal must be recovered before their users are read."""
@@ -78,14 +80,16 @@ class Ledger:
         for p, journal in journals.items():
             known = self.known.get(p)
             if journal is None:
-                if known:
+                if known or p in self.seen:
                     raise LostState(
-                        f"the journal of input partition {p} vanished from Redis after batch {known}: "
-                        "Redis lost its data (restart without persistence, flush or failover)"
+                        f"the journal of input partition {p} vanished from Redis: Redis lost its data "
+                        "(restart without persistence, flush, failover) or a rebuild wiped it"
                     )
                 self.known[p] = 0
-            elif journal.seq != known:
-                out.append(p)
+            else:
+                self.seen.add(p)
+                if journal.seq != known:
+                    out.append(p)
         return out
 
     def forget(self, partitions: Sequence[int]) -> None:
@@ -99,12 +103,20 @@ class Ledger:
         if journal is None:
             self.stale({partition: None})
             return 0
+        self.seen.add(partition)
         entries = _decode(journal.body) if journal.body else []
-        states = self.store.settle(partition, journal.seq, [e.user_key for e in entries], self.mark_ttl_ms)
-        if 2 in states:
-            raise StateConflict(f"partition {partition} moved past batch {journal.seq} during its recovery")
-        written = [e for e, s in zip(entries, states, strict=True) if s == 1]
-        self.store.add_counters(_counters(self.keys, partition, journal.seq, written), now_ms)
+        try:
+            states = self.store.settle(
+                partition, journal.seq, [e.user_key for e in entries], self.mark_ttl_ms
+            )
+            if 2 in states:
+                raise StateConflict(
+                    f"partition {partition} moved past batch {journal.seq} during its recovery"
+                )
+            written = [e for e, s in zip(entries, states, strict=True) if s == 1]
+            self.store.add_counters(_counters(self.keys, partition, journal.seq, written), now_ms)
+        except BadInput as exc:  # the journal was validated when written: never the current batch's fault
+            raise AttributionError(f"recovering batch {journal.seq} of partition {partition}: {exc}") from exc
         self.known[partition] = journal.seq
         return len(written)
 
@@ -139,6 +151,7 @@ class Ledger:
         self.store.add_counters(counters, now_ms)
         for p, seq in opened.items():
             self.known[p] = seq or 0
+            self.seen.add(p)
 
 
 def _row(d: CampaignDelta) -> _Delta:

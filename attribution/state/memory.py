@@ -24,6 +24,7 @@ class MemoryStore:
         self.journals: dict[int, Journal] = {}
         self.hashes: dict[str, dict[str, str]] = {}
         self.dirty_members: dict[str, int] = {}
+        self.appended: dict[str, tuple[int, int, int]] = {}
         self.projects: dict[str, set[tuple[str, str]]] = {}
         self.markers: str | None = None
 
@@ -107,11 +108,20 @@ class MemoryStore:
     def counters(self, keys: Sequence[str]) -> list[dict[str, str]]:
         return [dict(self.hashes.get(key, {})) for key in keys]
 
-    def ack(self, published: Sequence[tuple[str, int]]) -> int:
+    def ack(self, published: Sequence[tuple[str, int, int]]) -> int:
         removed = 0
-        for member, version in published:
+        for member, version, offset in published:
+            last_version = version
+            if version >= 0:
+                last_offset, last_version, newest = self.appended.get(member, (-1, -1, -1))
+                newest = max(newest, version)
+                if offset > last_offset:
+                    last_offset, last_version = offset, version
+                self.appended[member] = (last_offset, last_version, newest)
+                if last_version < newest:
+                    self.dirty_members[member] = max(newest, self.dirty_members.get(member, newest))
             score = self.dirty_members.get(member)
-            if score is not None and (version < 0 or score <= version):
+            if score is not None and (version < 0 or score <= last_version):
                 del self.dirty_members[member]
                 removed += 1
         return removed

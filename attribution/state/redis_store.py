@@ -132,13 +132,13 @@ class RedisStore:
             pipe.hgetall(key)
         return [{k.decode(): v.decode() for k, v in h.items()} for h in pipe.execute()]
 
-    def ack(self, published: Sequence[tuple[str, int]]) -> int:
+    def ack(self, published: Sequence[tuple[str, int, int]]) -> int:
         if not published:
             return 0
         args: list[Any] = []
-        for member, version in published:
-            args += [member, version]
-        return int(self.router.run([Call(TALLY_ACK, [self.keys.dirty], args)])[0])
+        for member, version, offset in published:
+            args += [member, version, offset]
+        return int(self.router.run([Call(TALLY_ACK, [self.keys.dirty, self.keys.appended], args)])[0])
 
     def touch_project(self, project_key: str, now_ms: int) -> int:
         """Bump the version of every campaign in ``project_key`` and mark it dirty."""

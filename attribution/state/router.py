@@ -21,6 +21,7 @@ from attribution.errors import AttributionError, BadInput
 from attribution.state.scripts import SCRIPTS, Script
 
 ROUTING_RETRIES = 5
+BAD_INPUT = "ATTRIBUTION_BAD_INPUT"  # the marker our scripts put in errors caused by the data
 Client = redis.Redis | RedisCluster
 
 
@@ -73,8 +74,9 @@ class Router:
         return [self.client]
 
     def run(self, calls: Sequence[Call]) -> list[Any]:
-        """Every call's reply, in order. A script error raised by the data (``user_script``) is
-        BadInput; errors about Redis itself (OOM, READONLY, connection) propagate unchanged."""
+        """Every call's reply, in order. An error our scripts raise about the data (marked
+        ``ATTRIBUTION_BAD_INPUT``) is BadInput; errors about Redis itself (OOM, READONLY,
+        connection), even when a command inside a script hits them, propagate unchanged."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(ROUTING_RETRIES):
@@ -93,9 +95,9 @@ class Router:
                     elif isinstance(reply, MovedError | AskError | TryAgainError):
                         retry.append(i)
                     elif isinstance(reply, ResponseError):
-                        if "user_script" in str(reply):
+                        if BAD_INPUT in str(reply):  # raised by the script about the data
                             raise BadInput(f"{calls[i].script.name}.lua: {reply}") from reply
-                        raise reply
+                        raise reply  # OOM, READONLY, NOPERM...: about Redis, never the data
                     elif isinstance(reply, Exception):
                         raise reply
                     else:

@@ -51,14 +51,16 @@ def scenario(start_ms: int, span_ms: int, step_ms: int, per_step: int, seed: int
 
 
 @pytest.fixture
-def fresh_engine(kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
-    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=300))
+def fresh_engine(kafka_bootstrap: str, any_redis: tuple[str, str]) -> Iterator[Engine]:
+    """An engine of its own on a single Redis, then on a Redis Cluster."""
+    engine = Engine(engine_config(kafka_bootstrap, any_redis[1], uuid.uuid4().hex[:8], batch_size=300))
     yield engine
     engine.close()
 
 
-def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: Engine, redis_url: str) -> None:
+def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: Engine) -> None:
     engine = fresh_engine
+    redis_url = engine.config.redis_url.get_secret_value()
     engine.put_settings(SHORT_WINDOWS)
     start = int(time.time() * 1000) - 2 * HOUR
     events = scenario(start, 20 * 60_000, 1000, 12, seed=11)

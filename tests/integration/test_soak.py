@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import cast
 
 import pytest
 
@@ -24,18 +23,10 @@ KILLS = int(os.environ.get("SOAK_KILLS", "3"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", str(max(12, EVENTS // 4000))))
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def state(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(name, REDIS_URL): a single valkey, then a 3-master valkey cluster."""
-    if request.param == "cluster":
-        return "cluster", cast(list[str], request.getfixturevalue("redis_cluster_urls"))[0]
-    return "redis", cast(str, request.getfixturevalue("redis_url"))
-
-
 def test_soak_with_kills_and_rebalances_equals_the_reference(
-    kafka_bootstrap: str, state: tuple[str, str]
+    kafka_bootstrap: str, any_redis: tuple[str, str]
 ) -> None:
-    name, url = state
+    name, url = any_redis
     seed = 20261123
     engine = Engine(
         engine_config(

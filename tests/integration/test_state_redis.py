@@ -13,6 +13,7 @@ from decimal import Decimal, localcontext
 from typing import Any, cast
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -290,7 +291,9 @@ def test_dirty_members_come_in_version_order(store: RedisStore, keys: Keys) -> N
 # --- ack ----------------------------------------------------------------------------------------------
 
 
-def test_ack_removes_only_campaigns_not_changed_since_published(store: RedisStore, keys: Keys) -> None:
+def test_ack_removes_only_campaigns_whose_last_record_is_the_newest_version(
+    store: RedisStore, keys: Keys
+) -> None:
     x, y = keys.campaign(PROJECT, "x"), keys.campaign(PROJECT, "y")
     mx, my = Keys.member(PROJECT, "x"), Keys.member(PROJECT, "y")
     store.add_counters([counter(keys, "x", counts={"sends": 1}), counter(keys, "y")], 1)
@@ -298,16 +301,40 @@ def test_ack_removes_only_campaigns_not_changed_since_published(store: RedisStor
     vx, vy = (int(h["version"]) for h in store.counters([x, y]))
     assert vx > vy
     assert store.ack([]) == 0
-    assert store.ack([(mx, vx - 1)]) == 0  # x changed after the published snapshot: stays dirty
+    assert store.ack([(mx, vx - 1, 10)]) == 0  # x changed after the published snapshot: stays dirty
     assert sorted(store.dirty(10)) == sorted([mx, my])
-    assert store.ack([(mx, vx), (my, vy - 1)]) == 1  # x acknowledged; y is newer than published
+    assert store.ack([(mx, vx, 11), (my, vy - 1, 12)]) == 1  # x acknowledged; y is newer than published
     assert store.dirty(10) == [my]
-    assert store.ack([(my, vy + 5)]) == 1  # a newer published version than stored also acknowledges
-    assert store.ack([(my, vy + 5)]) == 0  # already gone
+    assert store.ack([(my, vy + 5, 13)]) == 1  # a newer published version than stored also acknowledges
+    assert store.ack([(my, vy + 5, 14)]) == 0  # already gone
     assert store.dirty(10) == []
     store.add_counters([counter(keys, "gone")], 3)
     store.client.delete(keys.campaign(PROJECT, "gone"))  # expired: -1 forgets the mark
-    assert store.ack([(Keys.member(PROJECT, "gone"), -1)]) == 1
+    assert store.ack([(Keys.member(PROJECT, "gone"), -1, -1)]) == 1
+
+
+def test_a_stale_snapshot_appended_after_the_newest_keeps_the_mark(store: RedisStore, keys: Keys) -> None:
+    # A reads v1; a batch makes v2; B reads v2, appends it at offset 7 and acks: the mark goes.
+    # A's v1 reaches the broker after B's, at offset 8: the compacted topic now ends with v1, so
+    # A's ack must bring the mark back, whichever of the two acks comes first.
+    x, mx = keys.campaign(PROJECT, "x"), Keys.member(PROJECT, "x")
+    store.add_counters([counter(keys, "x", counts={"sends": 1})], 1)
+    v1 = int(store.counters([x])[0]["version"])
+    store.add_counters([counter(keys, "x", counts={"sends": 1})], 2)
+    v2 = int(store.counters([x])[0]["version"])
+    assert store.ack([(mx, v2, 7)]) == 1
+    assert store.ack([(mx, v1, 8)]) == 0
+    assert store.dirty(10) == [mx]  # marked again: v2 will be appended after v1
+    # the other order of acks: A's later record acked first, then B's earlier one
+    y, my = keys.campaign(PROJECT, "y"), Keys.member(PROJECT, "y")
+    store.add_counters([counter(keys, "y", counts={"sends": 1})], 1)
+    w1 = int(store.counters([y])[0]["version"])
+    store.add_counters([counter(keys, "y", counts={"sends": 1})], 2)
+    w2 = int(store.counters([y])[0]["version"])
+    assert store.ack([(my, w1, 8)]) == 0  # v1 is last on the topic and older than the newest
+    assert store.ack([(my, w2, 7)]) == 0  # B's v2 is not the last record: the mark stays
+    assert sorted(store.dirty(10)) == sorted([mx, my])
+    assert store.ack([(my, w2, 9)]) == 1  # republished after A's: now it is the last record
 
 
 def test_a_change_after_the_snapshot_was_read_keeps_the_mark(store: RedisStore, keys: Keys) -> None:
@@ -316,7 +343,7 @@ def test_a_change_after_the_snapshot_was_read_keeps_the_mark(store: RedisStore, 
     store.add_counters([counter(keys, "x", counts={"sends": 1})], 1)
     v1 = int(store.counters([x])[0]["version"])
     store.add_counters([counter(keys, "x", counts={"sends": 1})], 2)
-    assert store.ack([(mx, v1)]) == 0
+    assert store.ack([(mx, v1, 1)]) == 0
     assert store.dirty(10) == [mx]
 
 
@@ -345,7 +372,7 @@ def test_scripts_are_reloaded_after_script_flush(store: RedisStore, client: Clie
         else:
             store.add_counters([counter(keys, "x")], 2)
             version = int(store.counters([keys.campaign(PROJECT, "x")])[0]["version"])
-            assert store.ack([(Keys.member(PROJECT, "x"), version)]) == 1
+            assert store.ack([(Keys.member(PROJECT, "x"), version, 1)]) == 1
 
 
 # --- generation markers --------------------------------------------------------------------------------
@@ -366,6 +393,13 @@ def test_lost_markers_are_detected_and_a_wipe_starts_a_fresh_generation(
     store.client.delete(victim)
     with pytest.raises(LostState, match="missing"):
         generation.verify(store, first)
+    with pytest.raises(LostState, match=r"missing|no generation marker"):
+        generation.establish(store, lambda: True)
+    # without consumed history, a start that died while setting the markers just completes them
+    # (on one server the only marker is the leader: that is a first start again)
+    completed = generation.establish(store, lambda: False)
+    assert (completed == first) == store.router.cluster
+    first = completed
     store.add_counters([counter(keys, "x")], 1)
     assert store.wipe() >= 3
     assert store.counters([keys.campaign(PROJECT, "x")]) == [{}]
@@ -417,7 +451,7 @@ def test_touch_project_republishes_every_campaign_of_the_project_with_a_new_vers
     mx, my = Keys.member(PROJECT, "x"), Keys.member(PROJECT, "y")
     store.add_counters([counter(keys, "x", counts={"sends": 1}), counter(keys, "y", counts={"sends": 1})], 1)
     versions = [int(h["version"]) for h in store.counters([x, y])]
-    store.ack([(mx, versions[0]), (my, versions[1])])
+    store.ack([(mx, versions[0], 1), (my, versions[1], 2)])
     assert store.dirty(10) == []
     assert store.touch_project(keys.project_campaigns(PROJECT), 5) == 2
     assert sorted(store.dirty(10)) == sorted([mx, my])
@@ -431,3 +465,20 @@ def test_an_error_raised_by_the_script_is_bad_input_not_a_redis_failure(
     with pytest.raises(BadInput, match="bad decimal"):
         store.add_counters([counter(keys, "x", revenue={"r|e|send|KRW": Decimal("NaN")})], 1)
     assert store.counters([keys.campaign(PROJECT, "x")]) == [{}]  # nothing written
+
+
+def test_redis_errors_inside_a_script_are_not_bad_input(
+    store: RedisStore, client: Client, keys: Keys
+) -> None:
+    """OOM (and READONLY, NOPERM...) hit by a command inside a script carry 'user_script' in their
+    text: they must stop the batch, never dead-letter its events."""
+    if store.router.cluster:
+        pytest.skip("maxmemory is per node; the standalone servers cover the script error path")
+    old = cast(dict[str, str], client.config_get("maxmemory"))["maxmemory"]
+    client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory") as info:
+            store.add_counters([counter(keys, "oom", counts={"sends": 1})], 1)
+        assert not isinstance(info.value, BadInput)
+    finally:
+        client.config_set("maxmemory", old)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given
@@ -43,6 +44,11 @@ def test_a_project_id_with_a_colon_still_gets_its_tally_published() -> None:
     )
     published: dict[str, Any] = {}
     feed = TallyFeed(run.store, run.keys, SettingsBook(run.settings))
-    assert feed.publish_dirty(published.__setitem__, lambda: None) == 1
+
+    def publish(key: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+        published[key] = snap
+        on_offset(len(published))
+
+    assert feed.publish_dirty(publish, lambda: None) == 1
     assert published["acme:eu:c1"]["sends"] == 1
     assert run.store.dirty(10) == []

@@ -8,12 +8,15 @@ committed batch, as a restarted worker or the next owner of the partitions would
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attribution.core.model import Event
+from attribution.errors import LostState, StateConflict
 from attribution.processor import EngineConfig, Processor
 from attribution.state.base import CounterWrite, OpenBatch, UserWrite
 from attribution.state.memory import MemoryStore
@@ -121,3 +124,75 @@ def test_the_crash_harness_really_crashes_inside_batches() -> None:
         want_tallies, _ = reference(events, {PROJECT: SETTINGS})
         for (project, campaign), want in want_tallies.items():
             assert normalise_tally(run.tally(project, campaign)) == want, (budget, campaign)
+
+
+class TakeoverStore(MemoryStore):
+    """Runs ``takeover`` (another worker's whole run) in the middle of a batch's user writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_writes: int | None = None
+        self.takeover: Callable[[], None] | None = None
+
+    def write_users(self, writes: Sequence[UserWrite]) -> list[bool]:
+        out = []
+        for w in writes:
+            if self.after_writes is not None and self.takeover is not None:
+                if self.after_writes == 0:
+                    takeover, self.takeover = self.takeover, None
+                    takeover()
+                self.after_writes -= 1
+            out += super().write_users([w])
+        return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries(), st.integers(0, 20), st.integers(0, 6))
+def test_a_zombie_finishing_its_batch_after_the_next_owner_took_over_changes_nothing(
+    case: tuple[list[Event], list[list[Event]], int | None], at_batch: int, after_writes: int
+) -> None:
+    """Worker A stalls in the middle of writing a batch (a GC pause, a lost session); worker B gets the
+    partitions, recovers A's torn batch and processes everything from A's last commit; then A wakes
+    up and carries on. A's late writes must be refused and nothing counted twice."""
+    events, batches, _ = case
+    store = TakeoverStore()
+    a = Run([SETTINGS], store=store, grace_ms=GRACE_MS)
+    b = Run([SETTINGS], store=store, keys=a.keys, grace_ms=GRACE_MS)
+    records = [a.records(batch) for batch in batches]
+    at = at_batch % len(records)
+    for r in records[:at]:
+        a.feed(r)
+
+    def b_takes_over() -> None:
+        for r in records[at:]:
+            b.feed(r)
+
+    store.after_writes, store.takeover = after_writes, b_takes_over
+    with contextlib.suppress(StateConflict):  # A's outputs are not committed after a conflict
+        a.feed(records[at])
+    if store.takeover is not None:  # the batch had fewer writes than that: B comes after A
+        b_takes_over()
+    want_tallies, want_conversions = reference(events, {PROJECT: SETTINGS})
+    for (project, campaign), want in want_tallies.items():
+        assert normalise_tally(b.tally(project, campaign)) == want, campaign
+    latest = {c["conversion_id"]: c for c in [*a.emitted, *b.emitted]}
+    b_latest = {c["conversion_id"]: c for c in b.emitted}
+    latest.update(b_latest)  # B's records come after A's on the topic
+    got = {cid: normalise_conversion(c) for cid, c in latest.items()}
+    assert got == {cid: normalise_conversion(c) for cid, c in want_conversions.items()}
+
+
+def test_a_journal_that_vanishes_under_a_running_worker_is_lost_state() -> None:
+    """Even after the partition moved away and back (forget), a journal this process saw must not
+    vanish: Redis lost its data, or a rebuild wiped it under a worker that should have stopped."""
+    from tests.support.scenarios import send
+
+    run = Run([SETTINGS], grace_ms=GRACE_MS)
+    run.feed_events([send("s1", "c-push", "d0a", 0, "u0", "push")])
+    assert isinstance(run.store, MemoryStore)
+    run.processor.ledger.forget([0, 1])
+    run.store.journals.clear()
+    with pytest.raises(LostState, match="vanished"):
+        run.feed_events(
+            [send("s2", "c-push", "d0a", 1, "u0", "push"), send("s3", "c-push", "d1a", 1, "u1", "push")]
+        )

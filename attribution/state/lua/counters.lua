@@ -7,7 +7,8 @@
 -- then per entry i: partition, seq, as_of ms, channel ('' for none), n_int, n_dec,
 --                   n_int pairs (field, integer delta), n_dec pairs (field, decimal string delta)
 --
--- Returns, per entry, the campaign's version after the call (a number).
+-- Returns, per entry, the campaign's version after the call (a number). A malformed decimal raises
+-- an error marked ATTRIBUTION_BAD_INPUT (bad data); any other error is about Redis itself.
 -- Invariants: the fence field 'f|<partition>' holds the seq of the last batch of that input
 -- partition applied to this campaign; an entry whose seq is not above it changes nothing (a replay
 -- after a crash, or a recovery racing the writer). Versions never go back, even when the hash
@@ -18,7 +19,7 @@ local function split(s)
   local neg = false
   if string.sub(s, 1, 1) == '-' then neg = true; s = string.sub(s, 2) end
   local int, frac = string.match(s, '^(%d*)%.?(%d*)$')
-  if int == nil then error('bad decimal ' .. s) end
+  if int == nil then error('ATTRIBUTION_BAD_INPUT bad decimal ' .. s) end
   if int == '' then int = '0' end
   return neg, int, frac
 end
