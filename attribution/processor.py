@@ -63,7 +63,8 @@ class BatchResult:
 
 class Processor:
     """Applies batches to a Store. Safe to call again with a re-delivered batch: that is a no-op for
-    state and republishes the affected users' conversions and campaigns' tallies."""
+    state and republishes the affected users' conversions (tallies need nothing: their dirty marks
+    were durable before the offsets were committed)."""
 
     def __init__(self, store: Store, keys: Keys, settings: SettingsBook, config: EngineConfig) -> None:
         self.store = store
