@@ -20,7 +20,7 @@ from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError,
 from attribution.errors import AttributionError, BadInput
 from attribution.state.scripts import SCRIPTS, Script
 
-ROUTING_RETRIES = 5
+ROUTING_RETRIES = 8  # with backoff: about 3.5 s for a slot to settle during a reshard
 BAD_INPUT = "ATTRIBUTION_BAD_INPUT"  # the marker our scripts put in errors caused by the data
 Client = redis.Redis | RedisCluster
 
@@ -76,23 +76,40 @@ class Router:
     def run(self, calls: Sequence[Call]) -> list[Any]:
         """Every call's reply, in order. An error our scripts raise about the data (marked
         ``ATTRIBUTION_BAD_INPUT``) is BadInput; errors about Redis itself (OOM, READONLY,
-        connection), even when a command inside a script hits them, propagate unchanged."""
+        connection), even when a command inside a script hits them, propagate unchanged.
+
+        Only calls that did not run are sent again: NOSCRIPT (the scripts are loaded on that server
+        first), MOVED and TRYAGAIN (after refreshing the slot map), ASK (to the node importing the
+        slot, preceded by ASKING, while a reshard moves it)."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
+        asked: dict[int, tuple[str, int]] = {}
         for attempt in range(ROUTING_RETRIES):
             retry: list[int] = []
-            for conn, indexes in self._by_server(calls, pending):
+            moved = False
+            for conn, indexes in self._by_server(calls, pending, asked):
                 pipe = conn.pipeline(transaction=False)
                 for i in indexes:
                     c = calls[i]
+                    if i in asked:
+                        pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
                     pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)  # type: ignore[no-untyped-call]
-                results = pipe.execute(raise_on_error=False)
+                results = iter(pipe.execute(raise_on_error=False))
                 lost_scripts = False
-                for i, reply in zip(indexes, results, strict=True):
+                for i in indexes:
+                    if i in asked:
+                        next(results)  # ASKING's reply
+                    reply = next(results)
                     if isinstance(reply, NoScriptError):
                         lost_scripts = True
+                        retry.append(i)  # to the same server (asked stays as it is)
+                        continue
+                    asked.pop(i, None)
+                    if isinstance(reply, AskError):
+                        asked[i] = reply.node_addr
                         retry.append(i)
-                    elif isinstance(reply, MovedError | AskError | TryAgainError):
+                    elif isinstance(reply, MovedError | TryAgainError):
+                        moved = True
                         retry.append(i)
                     elif isinstance(reply, ResponseError):
                         if BAD_INPUT in str(reply):  # raised by the script about the data
@@ -107,20 +124,28 @@ class Router:
             if not retry:
                 return replies
             pending = retry
-            if isinstance(self.client, RedisCluster):
+            if moved and isinstance(self.client, RedisCluster):
                 self.client.nodes_manager.initialize()
-            time.sleep(0.05 * attempt)
+            time.sleep(min(1.0, 0.05 * 2**attempt))
         raise AttributionError(
             f"{len(pending)} script calls could not be routed after {ROUTING_RETRIES} tries"
         )
 
-    def _by_server(self, calls: Sequence[Call], indexes: list[int]) -> list[tuple[redis.Redis, list[int]]]:
+    def _by_server(
+        self, calls: Sequence[Call], indexes: list[int], asked: dict[int, tuple[str, int]]
+    ) -> list[tuple[redis.Redis, list[int]]]:
         if not isinstance(self.client, RedisCluster):
             return [(self.client, indexes)]
         servers: dict[str, tuple[redis.Redis, list[int]]] = {}
         for i in indexes:
-            slot = key_slot(calls[i].keys[0].encode())
-            node = self.client.nodes_manager.get_node_from_slot(slot)
+            if i in asked:
+                host, port = asked[i]
+                node = self.client.get_node(host=host, port=port)  # type: ignore[no-untyped-call]
+                if node is None:  # a node we did not know yet
+                    self.client.nodes_manager.initialize()
+                    node = self.client.get_node(host=host, port=port)  # type: ignore[no-untyped-call]
+            else:
+                node = self.client.nodes_manager.get_node_from_slot(key_slot(calls[i].keys[0].encode()))
             servers.setdefault(node.name, (node.redis_connection, []))[1].append(i)
         return list(servers.values())
 

@@ -16,6 +16,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from attribution.core.model import Event
 from attribution.core.money import fmt
@@ -482,3 +484,32 @@ def test_redis_errors_inside_a_script_are_not_bad_input(
         assert not isinstance(info.value, BadInput)
     finally:
         client.config_set("maxmemory", old)
+
+
+def test_a_slot_being_resharded_is_followed_with_asking(store: RedisStore, keys: Keys) -> None:
+    """While a reshard moves a slot, its source answers ASK for keys it no longer has; the call must
+    go to the importing node preceded by ASKING (redis-py's cluster pipeline does not do it for us)."""
+    if not store.router.cluster:
+        pytest.skip("a reshard needs a cluster")
+    cluster = cast(RedisCluster, store.client)
+    user = keys.user(PROJECT, "migrating")
+    slot = key_slot(user.encode())
+    source = cluster.nodes_manager.get_node_from_slot(slot)
+    primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+    target = next(n for n in primaries if n.name != source.name)
+    src, dst = source.redis_connection, target.redis_connection
+    src_id, dst_id = (str(c.execute_command("CLUSTER MYID")) for c in (src, dst))
+    dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id.removeprefix("b'").strip("'"))
+    src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id.removeprefix("b'").strip("'"))
+    try:
+        assert store.write_users([UserWrite(user, 0, 1, b"moved", HOUR_MS)]) == [True]
+        assert store.load([user], []).users == {user: (b"moved", "0:1")}
+        with pytest.raises(redis.exceptions.AskError):
+            src.exists(user)  # the source does not hold it: it went to the importing node
+    finally:
+        pipe = dst.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.unlink(user)
+        pipe.execute()
+        for conn in (src, dst):
+            conn.execute_command("CLUSTER SETSLOT", slot, "STABLE")
