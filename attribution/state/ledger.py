@@ -35,19 +35,9 @@ from attribution.state.keys import Keys
 _DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
 
-class _Delta(msgspec.Struct, array_like=True):
-    project_id: str
-    campaign_id: str
-    as_of_ts: int
-    channel: str | None
-    counts: dict[str, int]
-    revenue: dict[str, str]
-
-
-class _Entry(msgspec.Struct, array_like=True):
-    user_key: str  # the Redis key of the user's state
-    deltas: list[_Delta]
-
+# A journal body: per user, (Redis key, its CampaignDeltas), encoded by msgspec in C (a dataclass
+# becomes a map, Decimal a string): nothing is built per user in Python on the hot path.
+_Entry = tuple[str, list[CampaignDelta]]
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[_Entry]).decode
@@ -106,9 +96,7 @@ class Ledger:
         self.seen.add(partition)
         entries = _decode(journal.body) if journal.body else []
         try:
-            states = self.store.settle(
-                partition, journal.seq, [e.user_key for e in entries], self.mark_ttl_ms
-            )
+            states = self.store.settle(partition, journal.seq, [key for key, _ in entries], self.mark_ttl_ms)
             if 2 in states:
                 raise StateConflict(
                     f"partition {partition} moved past batch {journal.seq} during its recovery"
@@ -125,7 +113,11 @@ class Ledger:
         ours is counted that a recovery would not count the same way."""
         bodies = {}
         for b in batches:
-            entries = [_Entry(key, [_row(d) for d in ds]) for key, ds in b.deltas.items()]
+            entries = list(b.deltas.items())
+            for _, deltas in entries:
+                for d in deltas:
+                    if d.revenue:
+                        _check_revenue(d)
             bodies[b.partition] = (entries, _encode(entries))
         opened = self.store.open_batches(
             [
@@ -154,20 +146,19 @@ class Ledger:
             self.seen.add(p)
 
 
-def _row(d: CampaignDelta) -> _Delta:
-    revenue = {name: fmt(amount) for name, amount in d.revenue.items()}
-    for name, text in revenue.items():
-        # the Lua adder takes plain decimal strings only: refuse anything else before writing
+def _check_revenue(d: CampaignDelta) -> None:
+    """The Lua adder takes plain decimal strings only: refuse anything else before writing."""
+    for name, amount in d.revenue.items():
+        text = fmt(amount)
         if not _DECIMAL.fullmatch(text):
             raise BadInput(f"revenue {name}={text!r} is not a plain decimal")
-    return _Delta(d.project_id, d.campaign_id, d.as_of_ts, d.channel, dict(d.counts), revenue)
 
 
 def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -> list[CounterWrite]:
     """The deltas of ``entries`` summed per campaign, fenced by (partition, seq)."""
     out: dict[tuple[str, str], CounterWrite] = {}
-    for entry in entries:
-        for d in entry.deltas:
+    for _, deltas in entries:
+        for d in deltas:
             c = out.get((d.project_id, d.campaign_id))
             if c is None:
                 c = out[(d.project_id, d.campaign_id)] = CounterWrite(
@@ -179,8 +170,8 @@ def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -
                 )
             for name, n in d.counts.items():
                 c.counts[name] = c.counts.get(name, 0) + n
-            for name, text in d.revenue.items():
-                c.revenue[name] = add(c.revenue.get(name, Decimal(0)), Decimal(text))
+            for name, amount in d.revenue.items():
+                c.revenue[name] = add(c.revenue.get(name, Decimal(0)), amount)
             c.as_of_ts = max(c.as_of_ts, d.as_of_ts)
             if c.channel is None:
                 c.channel = d.channel
