@@ -87,28 +87,27 @@ class Outputs:
         """Make the outputs durable, then the offsets (one transaction in exactly-once mode)."""
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         if self.transactional:
-            try:
-                if tps:
-                    self.producer.send_offsets_to_transaction(tps, consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(60)
-            except KafkaException as exc:
-                self.abort()
-                raise AttributionError(f"transaction not committed: {exc.args[0].str()}") from None
+            self.commit_outputs(consumer.consumer_group_metadata, tps)
             return
         self.flush()
         if tps:
             self._commit_offsets(consumer, tps)
 
-    def commit_outputs(self) -> None:
-        """Make what was produced durable (commits the transaction in exactly-once mode)."""
-        if self.transactional:
-            try:
-                self.producer.commit_transaction(60)
-            except KafkaException as exc:
-                self.abort()
-                raise AttributionError(f"transaction not committed: {exc.args[0].str()}") from None
+    def commit_outputs(
+        self, group: Callable[[], Any] | None = None, offsets: list[TopicPartition] | None = None
+    ) -> None:
+        """Make what was produced durable: flush, or in exactly-once mode commit the transaction
+        (with ``offsets`` of the consumer group ``group()`` when given)."""
+        if not self.transactional:
+            self.flush()
             return
-        self.flush()
+        try:
+            if offsets and group is not None:
+                self.producer.send_offsets_to_transaction(offsets, group(), 30)
+            self.producer.commit_transaction(60)
+        except KafkaException as exc:
+            self.abort()
+            raise AttributionError(f"transaction not committed: {exc.args[0].str()}") from None
 
     def abort(self) -> None:
         if self.transactional:

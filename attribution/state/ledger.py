@@ -30,6 +30,7 @@ from attribution.core.money import add, fmt
 from attribution.core.tally import CampaignDelta
 from attribution.errors import AttributionError, BadInput, LostState, StateConflict
 from attribution.state.base import CounterWrite, Journal, OpenBatch, Store, UserWrite
+from attribution.state.generation import REBUILD_HINT
 from attribution.state.keys import Keys
 
 _DECIMAL = re.compile(r"-?\d+(\.\d+)?")
@@ -73,7 +74,8 @@ class Ledger:
                 if known or p in self.seen:
                     raise LostState(
                         f"the journal of input partition {p} vanished from Redis: Redis lost its data "
-                        "(restart without persistence, flush, failover) or a rebuild wiped it"
+                        "(restart without persistence, flush, failover) or a rebuild wiped it; "
+                        f"{REBUILD_HINT}"
                     )
                 self.known[p] = 0
             else:

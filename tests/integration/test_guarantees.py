@@ -19,7 +19,7 @@ from attribution.state.keys import Keys
 from attribution.state.router import close, connect
 from tests.integration.test_recovery import HOUR, SHORT_WINDOWS, scenario
 from tests.support.kafka import Engine, engine_config
-from tests.support.outcome import assert_exact, consumed_everything, tallies_settled
+from tests.support.outcome import assert_exact, consumed_everything, settled
 from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.integration
@@ -57,9 +57,7 @@ def test_worker_survives_a_broker_outage(proxied_kafka: tuple[str, Proxy], redis
         assert worker.poll() is None, "the worker died while the broker was away"
         proxy.restore()
         engine.produce(events[half:])
-        consumed_everything(engine, timeout_s=120)
-        tallies_settled(engine, redis_url, tallies)
-        convs.read_to_end()
+        settled(engine, redis_url, tallies, convs)
         assert worker.poll() is None
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -100,9 +98,7 @@ def test_lost_state_is_refused_and_rebuild_replays_it_exactly(kafka_bootstrap: s
     tallies, convs = engine.reader("tallies"), engine.reader("conversions")
     resumed = engine.worker_thread()
     try:
-        consumed_everything(engine)
-        tallies_settled(engine, redis_url, tallies)
-        convs.read_to_end()
+        settled(engine, redis_url, tallies, convs)
     finally:
         resumed.stop()
         engine.close()
@@ -147,9 +143,7 @@ def test_exactly_once_mode_survives_a_kill_with_exact_outputs(kafka_bootstrap: s
     first.wait(10)
     final = engine.worker_process()
     try:
-        consumed_everything(engine)
-        tallies_settled(engine, redis_url, tallies)
-        convs.read_to_end()
+        settled(engine, redis_url, tallies, convs)
     finally:
         final.send_signal(signal.SIGTERM)
         code = final.wait(60)

@@ -16,7 +16,7 @@ from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, parse_settings
 from attribution.ops.traffic import DEMO_PROJECT, Traffic
 from tests.support.kafka import Engine, engine_config
-from tests.support.outcome import assert_exact, consumed_everything, tallies_settled
+from tests.support.outcome import assert_exact, settled
 from tests.support.reference import normalise_tally
 
 pytestmark = pytest.mark.integration
@@ -76,9 +76,7 @@ def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: En
         kills += 1
     final = engine.worker_process()
     try:
-        consumed_everything(engine)
-        tallies_settled(engine, redis_url, tallies)
-        convs.read_to_end()
+        settled(engine, redis_url, tallies, convs)
     finally:
         final.send_signal(signal.SIGTERM)
         assert final.wait(60) == 0
@@ -102,9 +100,7 @@ def test_hours_old_backlog_in_one_burst_equals_live(kafka_bootstrap: str, redis_
             for i in range(0, len(events), 500):  # arrives over time while the worker runs
                 engine.produce(events[i : i + 500])
         try:
-            consumed_everything(engine)
-            tallies_settled(engine, redis_url, tallies)
-            convs.read_to_end()
+            settled(engine, redis_url, tallies, convs)
         finally:
             worker.stop()
             engine.close()

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.support.kafka import Engine, engine_config
-from tests.support.outcome import assert_exact, consumed_everything, tallies_settled
+from tests.support.outcome import assert_exact, settled
 from tests.support.soak import GRACE_MS, SOAK_SETTINGS, Chaos, produce_over, scenario
 
 pytestmark = pytest.mark.integration
@@ -44,9 +44,7 @@ def test_soak_with_kills_and_rebalances_equals_the_reference(
         produce_over(engine, ordered, SECONDS, lambda: tallies.poll(0))
         chaos.wait_for_kills(KILLS, timeout_s=300)
         chaos.calm()
-        consumed_everything(engine, timeout_s=900)
-        tallies_settled(engine, url, tallies, timeout_s=120)
-        convs.read_to_end(timeout_s=120)
+        settled(engine, url, tallies, convs, timeout_s=900)
     finally:
         chaos.stop()
         engine.close()

@@ -48,6 +48,15 @@ def tallies_settled(engine: Engine, redis_url: str, reader: TopicReader, timeout
     reader.read_to_end()
 
 
+def settled(
+    engine: Engine, redis_url: str, tallies: TopicReader, convs: TopicReader, timeout_s: float = 120.0
+) -> None:
+    """Everything consumed, every tally published and read, the conversions read to their end."""
+    consumed_everything(engine, timeout_s=timeout_s)
+    tallies_settled(engine, redis_url, tallies, timeout_s=timeout_s)
+    convs.read_to_end(timeout_s=timeout_s)
+
+
 def assert_exact(
     events: list[Event], settings: ProjectSettings, tallies: TopicReader, convs: TopicReader
 ) -> int:
