@@ -189,6 +189,8 @@ class Worker:
         outputs.begin()
         outputs.send_batch(result)
         produced = time.perf_counter()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch: %d released, committing %s", len(released), sorted(offsets.items()))
         outputs.commit(consumer, offsets)
         self.committed.update(offsets)
         committed = time.perf_counter()

@@ -56,8 +56,10 @@ def env_of(config: Config) -> dict[str, str]:
         "batch_size",
         "state_check_ms",
         "exactly_once",
+        "log_level",
     ):
-        env[f"ATTRIBUTION_{name.upper()}"] = str(getattr(config, name)).lower()
+        value = str(getattr(config, name))
+        env[f"ATTRIBUTION_{name.upper()}"] = value if name == "log_level" else value.lower()
     return env
 
 
