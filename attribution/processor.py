@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import msgspec
-import orjson
 
 from attribution.core import user as user_rules
 from attribution.core.model import Click, Event, Goal, Located, Position, Send
@@ -27,6 +26,10 @@ from attribution.state.ledger import Ledger, PartitionBatch
 
 log = logging.getLogger(__name__)
 KINDS: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
+# one pass in C from bytes to a validated struct (no intermediate dict): 3x orjson + convert
+DECODERS: dict[str, Callable[[bytes], Event]] = {
+    kind: msgspec.json.Decoder(cls).decode for kind, cls in KINDS.items()
+}
 CONFLICT_RETRIES = 3
 
 
@@ -127,14 +130,11 @@ class Processor:
         event: Event | None = None
         if reason is None:
             try:
-                obj = orjson.loads(record.value or b"")
-                if not isinstance(obj, dict):
-                    raise msgspec.ValidationError(f"expected a JSON object, got {type(obj).__name__}")
-                event = msgspec.convert(obj, KINDS[record.kind])
-            except orjson.JSONDecodeError as exc:
-                reason = f"not JSON: {exc}"
+                event = DECODERS[record.kind](record.value or b"")
             except msgspec.ValidationError as exc:
                 reason = f"invalid {record.kind} event: {exc}"
+            except msgspec.DecodeError as exc:  # the parent class: malformed JSON
+                reason = f"not JSON: {exc}"
         if event is not None and (record.key or b"").decode("utf-8", "replace") != event.user_key:
             reason = (
                 f"record key {record.key!r} is not the user key {event.user_key!r} "
@@ -163,7 +163,9 @@ class Processor:
         batch_max_ts: dict[int, int] = {}
         for located in groups.values():
             for loc in located:
-                batch_max_ts[loc.pos.partition] = max(loc.event.ts, batch_max_ts.get(loc.pos.partition, 0))
+                partition, ts = loc.pos.partition, loc.event.ts
+                if ts > batch_max_ts.get(partition, -1):
+                    batch_max_ts[partition] = ts
         user_keys = [self.keys.user(project, user_key) for project, user_key in groups]
         partitions = sorted(batch_max_ts)
         started = time.perf_counter()
@@ -205,9 +207,12 @@ class Processor:
                 log.exception("attributing %s/%s failed; its events go to the DLQ", project, user_key)
                 poisoned.append((located, f"processing failed ({type(exc).__name__}: {exc})"))
                 continue
-            outcomes.update(out.outcomes)
-            amount_missing.update(out.amount_missing)
-            conversions.extend(out.conversions)
+            for k, n in out.outcomes.items():
+                outcomes[k] += n
+            if out.amount_missing:
+                amount_missing.update(out.amount_missing)
+            if out.conversions:
+                conversions.extend(out.conversions)
             if out.changed:
                 ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
                 batch = batches[partition]

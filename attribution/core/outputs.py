@@ -17,7 +17,7 @@ def conversion_id(project_id: str, campaign_id: str, event: str, basis: Basis | 
     return hashlib.blake2b(_SEP.join(p.encode() for p in parts), digest_size=16).hexdigest()
 
 
-class Conversion(msgspec.Struct, frozen=True, kw_only=True):
+class Conversion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One credited conversion; republished under the same id when a late event corrects it."""
 
     conversion_id: str
@@ -42,7 +42,7 @@ class Conversion(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.project_id}:{self.campaign_id}"
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A record that could not be used, with where it was and why."""
 
     topic: str

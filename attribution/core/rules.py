@@ -6,6 +6,7 @@ SMS only from the send; in-app messages only from the click. A setting that says
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -27,6 +28,10 @@ CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
     Channel.SMS: (Basis.SEND,),
     Channel.IN_APP: (Basis.CLICK,),
 }
+#: The same as plain (channel, basis) strings, for the hot path (no enum construction per touch).
+CONVERTING: frozenset[tuple[str, str]] = frozenset(
+    (channel.value, basis.value) for channel, bases in CHANNEL_BASES.items() for basis in bases
+)
 
 
 class Purchase(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,7 +57,7 @@ class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
         return self.basis.get(channel.value, Basis.SEND)
 
 
-class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     project_id: str
     version: int
     conversion_events: list[ConversionEvent]
@@ -63,7 +68,7 @@ class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True):
                 return ev
         return None
 
-    @property
+    @functools.cached_property  # read once per user per batch: computed once per settings version
     def max_window_ms(self) -> int:
         return max((ev.window_ms for ev in self.conversion_events), default=0)
 

@@ -25,15 +25,16 @@ import msgspec
 from attribution.core.model import Basis, Channel, Click, Goal, Located, Send
 from attribution.core.money import fmt, purchase_amount
 from attribution.core.outputs import Conversion, conversion_id
-from attribution.core.rules import CHANNEL_BASES, ConversionEvent, ProjectSettings
+from attribution.core.rules import CONVERTING, ConversionEvent, ProjectSettings
 from attribution.core.tally import CampaignDelta, conversions_field
 
 _SEND = Basis.SEND.value
 _CLICK = Basis.CLICK.value
 _REACHED_BIT = {_SEND: 1, _CLICK: 2}
+_VALUE: dict[Channel, str] = {c: c.value for c in Channel}  # Enum.value is a slow descriptor
 
 
-class Touch(msgspec.Struct, array_like=True, frozen=True):
+class Touch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     campaign: str
     basis: str
     ts: int
@@ -44,10 +45,10 @@ class Touch(msgspec.Struct, array_like=True, frozen=True):
 
     def qualifies(self) -> bool:
         """A send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts."""
-        return Basis(self.basis) in CHANNEL_BASES[Channel(self.channel)]
+        return (self.channel, self.basis) in CONVERTING
 
 
-class GoalMark(msgspec.Struct, array_like=True, frozen=True):
+class GoalMark(msgspec.Struct, array_like=True, frozen=True, gc=False):
     name: str
     ts: int
     event_id: str
@@ -56,14 +57,14 @@ class GoalMark(msgspec.Struct, array_like=True, frozen=True):
     currency: str | None
 
 
-class Failed(msgspec.Struct, array_like=True, frozen=True):
+class Failed(msgspec.Struct, array_like=True, frozen=True, gc=False):
     campaign: str
     message_id: str
     device_id: str
     ts: int
 
 
-class Credit(msgspec.Struct, array_like=True, frozen=True):
+class Credit(msgspec.Struct, array_like=True, frozen=True, gc=False):
     campaign: str
     event: str
     basis: str
@@ -78,7 +79,7 @@ class Credit(msgspec.Struct, array_like=True, frozen=True):
     currency: str | None
 
 
-class UserState(msgspec.Struct, array_like=True):
+class UserState(msgspec.Struct, array_like=True, gc=False):
     """Everything kept for one user key; serialised as one msgpack blob in Redis."""
 
     fences: dict[str, int] = msgspec.field(default_factory=dict)
@@ -136,16 +137,18 @@ def apply(
     """
     out = Outcome()
     deltas = out.campaigns
+    fences = state.fences
+    late_before = clock_ms - grace_ms
     for located in events:
         ev, pos = located.event, located.pos
-        fence = state.fences.get(pos.stream, -1)
-        if pos.offset <= fence:
+        stream = pos.stream
+        if pos.offset <= fences.get(stream, -1):
             out.replayed = True
             out.count(pos.topic, "replayed")
             continue
-        state.fences[pos.stream] = pos.offset
+        fences[stream] = pos.offset
         out.changed = True
-        if ev.ts < clock_ms - grace_ms:
+        if ev.ts < late_before:
             out.count(pos.topic, "late")
         if isinstance(ev, Goal):
             result = _add_goal(state, ev, settings)
@@ -180,7 +183,7 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
             return "duplicate"
         state.failed.append(Failed(ev.campaign_id, ev.message_id, ev.device_id, ev.ts))
         delta.add("failed")
-        delta.seen(ev.ts, ev.channel.value)
+        delta.seen(ev.ts, _VALUE[ev.channel])
         return "applied"
     copy = False
     for t in state.touches:
@@ -193,15 +196,15 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         # another copy of one message to one device: counted once, but every copy is a touch, so
         # that arrival order cannot decide which copy's time the goal is measured against
         state.touches.append(
-            Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+            Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
         )
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+        Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
     )
     delta.add("sends")
     _reach(state, ev.campaign_id, _SEND, delta)
-    delta.seen(ev.ts, ev.channel.value)
+    delta.seen(ev.ts, _VALUE[ev.channel])
     return "applied"
 
 
@@ -209,11 +212,11 @@ def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
     if any(t.basis == _CLICK and t.event_id == ev.event_id for t in state.touches):
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _CLICK, ev.ts, ev.event_id, ev.message_id, ev.device_id, ev.channel.value)
+        Touch(ev.campaign_id, _CLICK, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
     )
     delta.add("clicks")
     _reach(state, ev.campaign_id, _CLICK, delta)
-    delta.seen(ev.ts, ev.channel.value)
+    delta.seen(ev.ts, _VALUE[ev.channel])
     return "applied"
 
 
@@ -250,9 +253,11 @@ def _touch_all(state: UserState, project_id: str, deltas: dict[str, CampaignDelt
 def _recredit(
     state: UserState, project_id: str, user_key: str, settings: ProjectSettings, out: Outcome
 ) -> None:
+    if not state.goals:  # no goal, no credit (most users, most batches): nothing to recompute
+        return
     by_campaign: dict[tuple[str, str], list[Touch]] = {}
     for t in state.touches:
-        if t.qualifies():
+        if (t.channel, t.basis) in CONVERTING:
             by_campaign.setdefault((t.campaign, t.basis), []).append(t)
     if not by_campaign:
         return
@@ -356,10 +361,20 @@ def _evict(state: UserState, settings: ProjectSettings | None, clock_ms: int, gr
     window = settings.max_window_ms if settings is not None else 0
     touch_horizon = clock_ms - grace_ms - window
     goal_horizon = clock_ms - grace_ms
-    state.touches = [t for t in state.touches if t.ts >= touch_horizon]
-    state.goals = [g for g in state.goals if g.ts >= goal_horizon]
-    state.failed = [f for f in state.failed if f.ts >= touch_horizon]  # same dedupe horizon as sends
-    ends = [t.ts + window + grace_ms for t in state.touches]
-    ends += [g.ts + grace_ms for g in state.goals]
-    ends += [f.ts + window + grace_ms for f in state.failed]
-    state.expires_ts = max([state.expires_ts, clock_ms, *ends])
+    expires = max(state.expires_ts, clock_ms)
+    if state.touches:
+        if min(t.ts for t in state.touches) < touch_horizon:
+            state.touches = [t for t in state.touches if t.ts >= touch_horizon]
+        if state.touches:
+            expires = max(expires, max(t.ts for t in state.touches) + window + grace_ms)
+    if state.goals:
+        if min(g.ts for g in state.goals) < goal_horizon:
+            state.goals = [g for g in state.goals if g.ts >= goal_horizon]
+        if state.goals:
+            expires = max(expires, max(g.ts for g in state.goals) + grace_ms)
+    if state.failed:  # same dedupe horizon as sends
+        if min(f.ts for f in state.failed) < touch_horizon:
+            state.failed = [f for f in state.failed if f.ts >= touch_horizon]
+        if state.failed:
+            expires = max(expires, max(f.ts for f in state.failed) + window + grace_ms)
+    state.expires_ts = expires

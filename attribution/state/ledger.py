@@ -113,17 +113,15 @@ class Ledger:
     def commit(self, batches: Sequence[PartitionBatch], now_ms: int) -> None:
         """Journal, users, counters. StateConflict when another writer owns a partition now: nothing of
         ours is counted that a recovery would not count the same way."""
-        bodies = {}
-        for b in batches:
-            entries = list(b.deltas.items())
-            for _, deltas in entries:
-                for d in deltas:
-                    if d.revenue:
-                        _check_revenue(d)
-            bodies[b.partition] = (entries, _encode(entries))
+        entries = {b.partition: list(b.deltas.items()) for b in batches}
+        # summed (and checked) before anything is written: a recovery sums the journal the same way
+        counters = {p: _counters(self.keys, p, 0, e) for p, e in entries.items()}
+        for c in (c for cs in counters.values() for c in cs if c.revenue):
+            _check_revenue(c.revenue)
+        known = self.known
         opened = self.store.open_batches(
             [
-                OpenBatch(b.partition, self.known.get(b.partition, 0), b.clock_ts, bodies[b.partition][1])
+                OpenBatch(b.partition, known.get(b.partition, 0), b.clock_ts, _encode(entries[b.partition]))
                 for b in batches
             ]
         )
@@ -139,18 +137,19 @@ class Ledger:
         if not all(self.store.write_users(writes)):
             self.forget(list(opened))
             raise StateConflict("a batch was closed under us by another worker's recovery")
-        counters: list[CounterWrite] = []
-        for b in batches:
-            counters += _counters(self.keys, b.partition, opened[b.partition] or 0, bodies[b.partition][0])
-        self.store.add_counters(counters, now_ms)
+        for p, cs in counters.items():
+            for c in cs:
+                c.seq = opened[p] or 0
+        self.store.add_counters([c for cs in counters.values() for c in cs], now_ms)
         for p, seq in opened.items():
             self.known[p] = seq or 0
             self.seen.add(p)
 
 
-def _check_revenue(d: CampaignDelta) -> None:
-    """The Lua adder takes plain decimal strings only: refuse anything else before writing."""
-    for name, amount in d.revenue.items():
+def _check_revenue(revenue: dict[str, Decimal]) -> None:
+    """The Lua adder takes plain decimal strings only: refuse anything else before writing. Checking
+    the sums is enough: a NaN or an infinity in any addend makes its sum one too."""
+    for name, amount in revenue.items():
         text = fmt(amount)
         if not _DECIMAL.fullmatch(text):
             raise BadInput(f"revenue {name}={text!r} is not a plain decimal")
@@ -161,20 +160,24 @@ def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -
     out: dict[tuple[str, str], CounterWrite] = {}
     for _, deltas in entries:
         for d in deltas:
-            c = out.get((d.project_id, d.campaign_id))
+            ident = (d.project_id, d.campaign_id)
+            c = out.get(ident)
             if c is None:
-                c = out[(d.project_id, d.campaign_id)] = CounterWrite(
-                    key=keys.campaign(d.project_id, d.campaign_id),
-                    member=keys.member(d.project_id, d.campaign_id),
+                c = out[ident] = CounterWrite(
+                    key=keys.campaign(*ident),
+                    member=keys.member(*ident),
                     project_key=keys.project_campaigns(d.project_id),
                     partition=partition,
                     seq=seq,
+                    channel=d.channel,
                 )
-            for name, n in d.counts.items():
-                c.counts[name] = c.counts.get(name, 0) + n
-            for name, amount in d.revenue.items():
-                c.revenue[name] = add(c.revenue.get(name, Decimal(0)), amount)
-            c.as_of_ts = max(c.as_of_ts, d.as_of_ts)
-            if c.channel is None:
+            elif c.channel is None:
                 c.channel = d.channel
+            counts = c.counts
+            for name, n in d.counts.items():
+                counts[name] = counts.get(name, 0) + n
+            if d.revenue:
+                for name, amount in d.revenue.items():
+                    c.revenue[name] = add(c.revenue.get(name, Decimal(0)), amount)
+            c.as_of_ts = max(c.as_of_ts, d.as_of_ts)
     return list(out.values())
