@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all run test soak bench lint typecheck unit integration clean
+.PHONY: all run test soak bench bench-rss lint typecheck unit integration clean
 
 all: lint typecheck test
 
@@ -33,6 +33,11 @@ soak: $(BIN)/attribution
 ## make bench: ceilings, engine catch-up, naive baseline, latency, memory; writes bench-results.json.
 bench: $(BIN)/attribution
 	$(BIN)/attribution bench $(BENCH_ARGS)
+
+## make bench-rss: a worker under 10k events/s for 10 minutes, its RSS sampled every 5 s.
+RSS_SECONDS ?= 600
+bench-rss: $(BIN)/attribution
+	$(BIN)/attribution bench --rss-only --rss-seconds $(RSS_SECONDS) --out bench-rss.json
 
 unit: $(BIN)/attribution
 	$(BIN)/python -m pytest tests/unit

@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--latency-seconds", type=float, default=30.0)
     b.add_argument("--naive-events", type=int, default=20_000, help="events for the one-round-trip baseline")
     b.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    b.add_argument(
+        "--rss-seconds",
+        type=float,
+        default=0,
+        help="also sample a worker's RSS this long",
+    )
+    b.add_argument("--rss-rate", type=int, default=10_000, help="events/s of the RSS run")
+    b.add_argument("--rss-only", action="store_true", help="only the RSS run")
     b.set_defaults(func=_bench)
     return p
 
@@ -208,7 +216,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from attribution.ops.bench import run_bench
 
-    run_bench(args.scale, args.latency_rate, args.latency_seconds, args.naive_events, args.out)
+    if args.rss_only and not args.rss_seconds:
+        raise SystemExit("--rss-only needs --rss-seconds")
+    run_bench(
+        args.scale,
+        args.latency_rate,
+        args.latency_seconds,
+        args.naive_events,
+        args.out,
+        rss=(args.rss_seconds, args.rss_rate, args.rss_only),
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ from attribution.errors import AttributionError
 from attribution.ops.config import INPUT_KINDS, Config
 from attribution.runtime import kafka_io
 from attribution.runtime.worker import Worker
+from attribution.state.generation import new_generation
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 
@@ -83,7 +84,7 @@ def rebuild(config: Config, since: str, force: bool = False) -> dict[str, object
         )
         try:
             wiped["deleted_keys"] = store.wipe()
-            wiped["generation"] = generation = store.init_generation(uuid.uuid4().hex)
+            wiped["generation"] = generation = store.init_generation(new_generation())
         finally:
             store.close()
         log.info(

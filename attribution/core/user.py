@@ -34,18 +34,32 @@ _REACHED_BIT = {_SEND: 1, _CLICK: 2}
 _VALUE: dict[Channel, str] = {c: c.value for c in Channel}  # Enum.value is a slow descriptor
 
 
+#: A touch stores its (channel, basis) as one small int: 1 byte in msgpack instead of ~12.
+KINDS: tuple[tuple[str, str], ...] = tuple((c.value, b.value) for c in Channel for b in Basis)
+_KIND: dict[tuple[str, str], int] = {pair: i for i, pair in enumerate(KINDS)}  # Channel is a str
+_CONVERTS: tuple[bool, ...] = tuple(pair in CONVERTING for pair in KINDS)
+_IS_SEND: tuple[bool, ...] = tuple(basis == Basis.SEND.value for _, basis in KINDS)
+
+
 class Touch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     campaign: str
-    basis: str
+    kind: int  # index into KINDS: (channel, basis)
     ts: int
     event_id: str
     message_id: str
     device_id: str
-    channel: str
+
+    @property
+    def channel(self) -> str:
+        return KINDS[self.kind][0]
+
+    @property
+    def basis(self) -> str:
+        return KINDS[self.kind][1]
 
     def qualifies(self) -> bool:
         """A send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts."""
-        return (self.channel, self.basis) in CONVERTING
+        return _CONVERTS[self.kind]
 
 
 class GoalMark(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -187,7 +201,7 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         return "applied"
     copy = False
     for t in state.touches:
-        if t.basis == _SEND:
+        if _IS_SEND[t.kind]:
             if t.event_id == ev.event_id:
                 return "duplicate"
             if t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id:
@@ -196,11 +210,11 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         # another copy of one message to one device: counted once, but every copy is a touch, so
         # that arrival order cannot decide which copy's time the goal is measured against
         state.touches.append(
-            Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
+            Touch(ev.campaign_id, _KIND[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
         )
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _SEND, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
+        Touch(ev.campaign_id, _KIND[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
     )
     delta.add("sends")
     _reach(state, ev.campaign_id, _SEND, delta)
@@ -209,10 +223,10 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
 
 
 def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
-    if any(t.basis == _CLICK and t.event_id == ev.event_id for t in state.touches):
+    if any(t.event_id == ev.event_id and not _IS_SEND[t.kind] for t in state.touches):
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _CLICK, ev.ts, ev.event_id, ev.message_id, ev.device_id, _VALUE[ev.channel])
+        Touch(ev.campaign_id, _KIND[ev.channel, _CLICK], ev.ts, ev.event_id, ev.message_id, ev.device_id)
     )
     delta.add("clicks")
     _reach(state, ev.campaign_id, _CLICK, delta)
@@ -257,8 +271,8 @@ def _recredit(
         return
     by_campaign: dict[tuple[str, str], list[Touch]] = {}
     for t in state.touches:
-        if (t.channel, t.basis) in CONVERTING:
-            by_campaign.setdefault((t.campaign, t.basis), []).append(t)
+        if _CONVERTS[t.kind]:
+            by_campaign.setdefault((t.campaign, KINDS[t.kind][1]), []).append(t)
     if not by_campaign:
         return
     goals = sorted(state.goals, key=lambda g: (g.ts, g.event_id))

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from attribution.core.rules import SettingsBook, parse_settings
 from attribution.core.user import decode_state
 from attribution.ops.bench_load import SETTINGS, Shape, backlog
+from attribution.ops.bench_rss import worker_rss
 from attribution.ops.config import INPUT_KINDS, Config, load_config
 from attribution.ops.demo import services
 from attribution.ops.traffic import Traffic
@@ -209,9 +210,12 @@ def _latency(config: Config, rate: int, seconds: float) -> dict[str, float]:
 def _memory(config: Config, before: int) -> dict[str, float]:
     client = redis.Redis.from_url(config.redis_url.get_secret_value())
     used = int(client.info("memory")["used_memory"]) - before
-    touches = 0
-    for key in client.scan_iter(f"{config.redis_prefix}:u:*", count=2000):
-        touches += len(decode_state(client.hget(key, "s")).touches)  # type: ignore[arg-type]
+    store = RedisStore.from_url(config.redis_url.get_secret_value(), Keys(config.redis_prefix), 0)
+    touches, keys = 0, [k.decode() for k in client.scan_iter(f"{config.redis_prefix}:u:*", count=2000)]
+    for i in range(0, len(keys), 2000):
+        for blob, _ in store.load(keys[i : i + 2000], []).users.values():
+            touches += len(decode_state(blob).touches)
+    store.close()
     client.close()
     return {
         "used_memory_delta_bytes": used,
@@ -221,11 +225,22 @@ def _memory(config: Config, before: int) -> dict[str, float]:
 
 
 def run_bench(
-    scale: float, latency_rate: int, latency_s: float, naive_events: int, out: Path
+    scale: float,
+    latency_rate: int,
+    latency_s: float,
+    naive_events: int,
+    out: Path,
+    rss: tuple[float, int, bool] = (0, 0, False),
 ) -> dict[str, Any]:
+    rss_seconds, rss_rate, rss_only = rss
     with services() as env:
         os.environ.update(env)
         base = load_config().model_copy(update={"session_timeout_ms": 6000, "partitions": 4})
+        if rss_only:
+            only = worker_rss(_fresh(base), rss_rate, rss_seconds)
+            out.write_bytes(orjson.dumps({"worker_rss": only}, option=orjson.OPT_INDENT_2))
+            print(render_rss(only))  # noqa: T201 - the bench's output is the table
+            return {"worker_rss": only}
         shape = Shape().scaled(scale)
         now = int(time.time() * 1000)
         records = backlog(shape, now - 6 * 3600_000, 4 * 3600_000)
@@ -246,6 +261,8 @@ def run_bench(
         res["memory"] = _memory(config, before)
         res["naive_events_per_s"] = _naive(config, records[:naive_events])
         res["latency"] = _latency(_fresh(base, tally_interval_ms=50), latency_rate, latency_s)
+        if rss_seconds:
+            res["worker_rss"] = worker_rss(_fresh(base), rss_rate, rss_seconds)
         eng = res["engine"]["events_per_s"]
         res["ratios"] = {
             "engine_over_ceiling": eng / res["ceiling_consume_parse"],
@@ -253,7 +270,17 @@ def run_bench(
         }
     out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     print(render(res))  # noqa: T201 - the bench's output is the table
+    if "worker_rss" in res:
+        print(render_rss(res["worker_rss"]))  # noqa: T201
     return res
+
+
+def render_rss(r: dict[str, Any]) -> str:
+    return (
+        f"worker RSS over {r['seconds']} s @ {r['rate']}/s ({r['events']:,} events): "
+        f"{r['rss_after_warmup_mib']} MiB after warm-up, {r['rss_end_mib']} MiB at the end, "
+        f"max {r['rss_max_mib']} MiB; second-half slope {r['second_half_slope_mib_per_min']} MiB/min"
+    )
 
 
 def render(r: dict[str, Any]) -> str:

@@ -4,6 +4,10 @@ A Redis that restarted without persistence, was flushed, or lost a cluster node 
 the state. A worker that finds markers missing while its consumer group has committed offsets
 refuses to run: the offsets say "already counted" for events whose state is gone, so carrying on
 would publish wrong counts. ``attribution rebuild`` replays the inputs into a fresh generation.
+
+A generation names the layout of the state it holds (``v<LAYOUT>-<id>``): a worker refuses state
+written in a layout it cannot read (an upgrade across a layout change needs a rebuild), instead of
+misreading it. Layout 1 (generations without a ``v`` prefix) kept user states in hashes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,17 @@ from attribution.errors import LostState
 from attribution.state.base import Store
 
 REBUILD_HINT = "stop the workers and run `attribution rebuild` (see README, Guarantees)"
+LAYOUT = 2  # bump whenever the meaning of a Redis key or value changes
+
+
+def new_generation() -> str:
+    return f"v{LAYOUT}-{uuid.uuid4().hex}"
+
+
+def layout_of(generation: str) -> int:
+    """The state layout a generation was written in (1 for generations that predate versioning)."""
+    head, _, _ = generation.partition("-")
+    return int(head[1:]) if head[:1] == "v" and head[1:].isdigit() else 1
 
 
 def establish(store: Store, has_history: Callable[[], bool]) -> str:
@@ -28,7 +43,7 @@ def establish(store: Store, has_history: Callable[[], bool]) -> str:
                 f"data; {REBUILD_HINT}"
             )
         # nothing was ever consumed: a first start (or one that died while setting the markers)
-        return verify(store, store.init_generation(uuid.uuid4().hex))
+        return verify(store, store.init_generation(new_generation()))
     return verify(store, None)
 
 
@@ -44,4 +59,10 @@ def verify(store: Store, expected: str | None) -> str:
         else:
             what = f"the state generation changed from {expected} to {found.value} (a rebuild ran)"
         raise LostState(f"Redis lost attribution state: {what}; {REBUILD_HINT}")
+    if layout_of(found.value) != LAYOUT:
+        raise LostState(
+            f"Redis holds attribution state in layout {layout_of(found.value)} (generation "
+            f"{found.value}), written by another version; this version reads layout {LAYOUT}: "
+            f"{REBUILD_HINT}"
+        )
     return found.value

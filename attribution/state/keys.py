@@ -8,10 +8,12 @@ receive keys in KEYS and never build them.
 ==========================================  ======  ====================================================
 key                                         type    contents
 ==========================================  ======  ====================================================
-``<prefix>:u:{<project>|<user_key>}``       hash    ``s`` msgpack UserState, ``b`` batch fence
+``<prefix>:u:{<project>|<user_key>}``       string  ``<fence>|<msgpack UserState>``: the batch fence
                                                     ``<partition>:<seq>`` (``-`` appended when that
-                                                    batch was aborted for this user); TTL in event time
-                                                    (see ``attribution.core.user``)
+                                                    batch was aborted for this user), then the state;
+                                                    TTL in event time (see ``attribution.core.user``).
+                                                    A string, not a hash: a state blob is longer than
+                                                    a listpack value, and a hashtable costs ~190 B more
 ``<prefix>:c:{<project>|<campaign>}``       hash    tally counters: sends, send_users, failed, clicks,
                                                     click_users, ``c|event|basis``,
                                                     ``r|event|basis|currency`` (decimal strings),

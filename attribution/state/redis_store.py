@@ -39,9 +39,12 @@ class RedisStore:
         raw = self.router.run([Call(LOAD, [user_keys[i] for i in g], []) for g in groups])
         users: dict[str, tuple[bytes | None, str | None]] = {}
         for group, reply in zip(groups, raw, strict=True):
-            for n, i in enumerate(group):
-                blob, fence = reply[2 * n], reply[2 * n + 1]
-                users[user_keys[i]] = (blob or None, fence.decode() if fence else None)
+            for i, value in zip(group, reply, strict=True):
+                if value:
+                    fence, _, blob = value.partition(b"|")
+                    users[user_keys[i]] = (blob or None, fence.decode())
+                else:
+                    users[user_keys[i]] = (None, None)
         pipe = self.router.pipeline()
         for p in partitions:
             pipe.hmget(self.keys.journal(p), "seq", "clock")
@@ -74,8 +77,9 @@ class RedisStore:
             for group in self.router.split([writes[i].key for i in indexes]):
                 chosen = [indexes[g] for g in group]
                 args: list[Any] = [partition, seq]
+                fence = f"{partition}:{seq}|".encode()
                 for i in chosen:
-                    args += [writes[i].blob, max(1, writes[i].ttl_ms)]
+                    args += [fence + writes[i].blob, max(1, writes[i].ttl_ms)]
                 calls.append(Call(USERS, [writes[i].key for i in chosen], args))
                 placed.append(chosen)
         written = [False] * len(writes)

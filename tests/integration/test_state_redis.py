@@ -411,6 +411,16 @@ def test_lost_markers_are_detected_and_a_wipe_starts_a_fresh_generation(
         generation.verify(store, first)
 
 
+def test_state_of_another_layout_is_refused_not_misread(store: RedisStore) -> None:
+    """Layout 1 kept user states in hashes; reading them as layout 2 strings would fail (WRONGTYPE) or
+    misread them. A generation says its layout, so a worker stops with a way out instead."""
+    assert store.init_generation("0123456789abcdef") == "0123456789abcdef"  # layout 1: no "v" prefix
+    with pytest.raises(LostState, match=r"layout 1 .* reads layout 2: .*attribution rebuild"):
+        generation.establish(store, lambda: True)
+    store.wipe()
+    assert generation.layout_of(generation.establish(store, lambda: False)) == generation.LAYOUT == 2
+
+
 # --- the in-memory twin ----------------------------------------------------------------------------
 
 

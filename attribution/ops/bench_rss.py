@@ -1,0 +1,106 @@
+"""``attribution bench --rss-seconds N`` / ``make bench-rss``: is a worker's memory flat under load?
+
+Runs ``attribution worker`` as a child process under steady demo-like traffic (many users, every
+channel, goals and purchases) and samples its resident set size from ``/proc``. Reports the RSS after
+warm-up and at the end, and the growth rate over the second half of the run (a least-squares slope),
+which is what "flat" means: a leak shows as a steady slope; a full cache or allocator arena does not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from attribution.ops.config import Config
+from attribution.ops.traffic import Traffic
+
+SAMPLE_EVERY_S = 5.0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def slope_per_minute(samples: list[tuple[float, int]]) -> float:
+    """Least-squares growth of RSS in bytes per minute over ``samples`` of (seconds, bytes)."""
+    if len(samples) < 2:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_v = sum(v for _, v in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if not var:
+        return 0.0
+    return 60 * sum((t - mean_t) * (v - mean_v) for t, v in samples) / var
+
+
+def worker_rss(config: Config, rate: int, seconds: float, users: int = 200_000) -> dict[str, Any]:
+    """Run a worker for ``config`` (topics and settings already in place) under ``rate`` events/s."""
+    env = {
+        **os.environ,
+        "ATTRIBUTION_TOPIC_PREFIX": config.topic_prefix,
+        "ATTRIBUTION_GROUP_ID": config.group_id,
+        "ATTRIBUTION_REDIS_PREFIX": config.redis_prefix,
+        "ATTRIBUTION_METRICS_PORT": "0",
+        "ATTRIBUTION_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
+        "ATTRIBUTION_LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen([sys.executable, "-m", "attribution.cli", "worker"], env=env)
+    stop = threading.Event()
+    produced = [0]
+
+    def load() -> None:
+        producer = Producer(config.kafka({"linger.ms": 5}))
+        traffic = Traffic(seed=3, users=users, project="bench")
+        tick_s = 0.05
+        while not stop.is_set():
+            for kind, key, value in traffic.events(int(time.time() * 1000), int(rate * tick_s)):
+                producer.produce(config.topic(kind), key=key.encode(), value=orjson.dumps(value))
+                produced[0] += 1
+            producer.poll(0)
+            stop.wait(tick_s)
+        producer.flush(30)
+
+    loader = threading.Thread(target=load, daemon=True)
+    samples: list[tuple[float, int]] = []
+    started = time.monotonic()
+    loader.start()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode} during the memory run")
+            samples.append((elapsed, rss_bytes(worker.pid)))
+            time.sleep(SAMPLE_EVERY_S)
+    finally:
+        stop.set()
+        loader.join(60)
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    warm = [s for s in samples if s[0] >= min(60.0, seconds / 5)] or samples
+    second_half = [s for s in samples if s[0] >= seconds / 2] or samples
+    mib = 1024 * 1024
+    return {
+        "seconds": round(seconds),
+        "rate": rate,
+        "events": produced[0],
+        "rss_after_warmup_mib": round(warm[0][1] / mib, 1),
+        "rss_end_mib": round(samples[-1][1] / mib, 1),
+        "rss_max_mib": round(max(v for _, v in samples) / mib, 1),
+        "second_half_slope_mib_per_min": round(slope_per_minute(second_half) / mib, 3),
+        "samples": [(round(t, 1), round(v / mib, 1)) for t, v in samples],
+    }
