@@ -103,6 +103,7 @@ class UserState(msgspec.Struct, array_like=True, gc=False):
     reached: dict[str, int] = msgspec.field(default_factory=dict)
     credits: list[Credit] = msgspec.field(default_factory=list)
     expires_ts: int = 0
+    settings_version: int = -1  # the project settings version the credits were computed under
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -153,6 +154,7 @@ def apply(
     deltas = out.campaigns
     fences = state.fences
     late_before = clock_ms - grace_ms
+    touches_before, goals_before = len(state.touches), len(state.goals)  # both only grow until _evict
     for located in events:
         ev, pos = located.event, located.pos
         stream = pos.stream
@@ -175,7 +177,7 @@ def apply(
     if out.replayed:
         _touch_all(state, project_id, deltas)
     if out.changed and settings is not None:
-        _recredit(state, project_id, user_key, settings, out)
+        _recredit(state, project_id, user_key, settings, out, touches_before, goals_before)
     if out.replayed:
         # A re-delivered batch may have been applied without its outputs reaching Kafka: say it again.
         emitted = {c.conversion_id for c in out.conversions}
@@ -265,9 +267,29 @@ def _touch_all(state: UserState, project_id: str, deltas: dict[str, CampaignDelt
 
 
 def _recredit(
-    state: UserState, project_id: str, user_key: str, settings: ProjectSettings, out: Outcome
+    state: UserState,
+    project_id: str,
+    user_key: str,
+    settings: ProjectSettings,
+    out: Outcome,
+    touches_before: int = 0,
+    goals_before: int = 0,
 ) -> None:
+    """Recompute the credits the batch can have changed: those of the (campaign, basis) pairs it
+    added touches to and of the conversion events it added goals of; every credit when the settings
+    changed since they were computed.
+
+    Skipping the others changes nothing: between two batches that add to a pair or an event, its
+    touches and goals only lose members (eviction), and the first credit over subsets is never
+    better than the one over the sets it was kept from (an earlier goal, or the same goal with a
+    later touch, needs a goal or a touch that is gone)."""
     if not state.goals:  # no goal, no credit (most users, most batches): nothing to recompute
+        return
+    every = state.settings_version != settings.version
+    state.settings_version = settings.version
+    new_goals = {g.name for g in state.goals[goals_before:]}
+    new_pairs = {(t.campaign, KINDS[t.kind][1]) for t in state.touches[touches_before:]}
+    if not (every or new_goals or new_pairs):
         return
     by_campaign: dict[tuple[str, str], list[Touch]] = {}
     for t in state.touches:
@@ -278,7 +300,10 @@ def _recredit(
     goals = sorted(state.goals, key=lambda g: (g.ts, g.event_id))
     current = {(c.campaign, c.event, c.basis): i for i, c in enumerate(state.credits)}
     for (campaign, basis), touches in sorted(by_campaign.items()):
+        whole_pair = every or (campaign, basis) in new_pairs
         for conv_event in settings.conversion_events:
+            if not whole_pair and conv_event.name not in new_goals:
+                continue
             best = _first_credit(campaign, basis, conv_event, touches, goals)
             if best is None:
                 continue

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def slope_per_minute(samples: list[tuple[float, int]]) -> float:
+def slope_per_minute(samples: Sequence[tuple[float, int]]) -> float:
     """Least-squares growth of RSS in bytes per minute over ``samples`` of (seconds, bytes)."""
     if len(samples) < 2:
         return 0.0

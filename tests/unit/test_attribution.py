@@ -211,3 +211,16 @@ def test_goal_arriving_as_late_as_grace_allows_still_finds_its_touch() -> None:
         [goal("g1", "purchase", "d1", 3 * DAY_MS, user="u1", price=1, qty=1)]
     )  # last ms of window
     assert run.tally(PROJECT, "c1")["events"]["purchase"]["send"]["conversions"] == 1
+
+
+def test_new_settings_recompute_every_credit_at_the_users_next_batch() -> None:
+    """Credits are recomputed only for what a batch adds, except after a settings change: then the
+    user's next batch recomputes all of them under the new windows, whatever it adds."""
+    narrow = {"name": "signup", "window_ms": HOUR}
+    run = Run([settings(conversion_events=[narrow])], grace_ms=DAY_MS)
+    run.feed_events([send("s1", "c1", "d1", 0, user="u1"), goal("g1", "signup", "d1", 2 * HOUR, user="u1")])
+    assert run.tally(PROJECT, "c1")["events"]["signup"]["send"]["conversions"] == 0
+    run.book.put(settings(version=2, conversion_events=[{**narrow, "window_ms": DAY_MS}]))
+    run.feed_events([send("s2", "c2", "d1", 2 * HOUR + 1, user="u1")])  # another campaign, no goal
+    assert run.tally(PROJECT, "c1")["events"]["signup"]["send"]["conversions"] == 1
+    assert run.tally(PROJECT, "c2")["events"]["signup"]["send"]["conversions"] == 0
