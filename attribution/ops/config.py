@@ -47,7 +47,7 @@ class Config(BaseSettings):
     max_conversion_events: int = Field(5, ge=1, le=20)
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
-    poll_timeout_ms: int = Field(100, ge=1, le=60_000)
+    poll_timeout_ms: int = Field(20, ge=1, le=60_000)
     max_idle_ms: int = Field(1_000, ge=0, le=600_000)
     max_buffered: int = Field(50_000, ge=100, le=10_000_000)
     session_timeout_ms: int = Field(45_000, ge=1_000)
@@ -76,9 +76,12 @@ class Config(BaseSettings):
         """The full topic name of ``kind`` (sends, clicks, goals, settings, conversions, tallies, dlq)."""
         return f"{self.topic_prefix}{kind}"
 
-    def kafka(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """librdkafka configuration: bootstrap servers, every KAFKA_* pass-through, then ``extra``."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+    def kafka(
+        self, extra: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap servers, ``defaults``, every KAFKA_* pass-through (which
+        may override a default), then ``extra``."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers, **(defaults or {})}
         conf.update(kafka_passthrough(os.environ))
         conf.update(extra or {})
         return conf
