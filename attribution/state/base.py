@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class UserWrite:
-    """A user's new state, written by batch ``seq`` of input ``partition`` unless a later one was."""
+
+class UserWrite(msgspec.Struct, frozen=True, gc=False):
+    """A user's new state, written by batch ``seq`` of input ``partition`` unless a later one was.
+    (A struct, not a dataclass: one is made per changed user per batch, and msgspec builds it in C.)"""
 
     key: str
     partition: int

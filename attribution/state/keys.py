@@ -54,8 +54,8 @@ def _tag(project_id: str, other: str) -> str:
 class Keys:
     prefix: str = "attribution"
 
-    def user(self, project_id: str, user_key: str) -> str:
-        return f"{self.prefix}:u:{_tag(project_id, user_key)}"
+    def user(self, project_id: str, user_key: str) -> str:  # once per user per batch: _tag inlined
+        return f"{self.prefix}:u:{{{project_id.translate(_ESCAPES)}|{user_key.translate(_ESCAPES)}}}"
 
     def campaign(self, project_id: str, campaign_id: str) -> str:
         return f"{self.prefix}:c:{_tag(project_id, campaign_id)}"
