@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="also sample a worker's RSS this long",
     )
-    b.add_argument("--rss-rate", type=int, default=10_000, help="events/s of the RSS run")
+    b.add_argument("--rss-rate", type=int, default=2_500, help="events/s of the RSS run")
     b.add_argument("--rss-only", action="store_true", help="only the RSS run")
     b.set_defaults(func=_bench)
     return p

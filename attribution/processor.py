@@ -19,6 +19,7 @@ from attribution.core import user as user_rules
 from attribution.core.model import Click, Event, Goal, Located, Position, Send
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import SettingsBook
+from attribution.core.user_state import decode_state, encode_state
 from attribution.errors import BadInput, StateConflict
 from attribution.state.base import Store
 from attribution.state.keys import Keys
@@ -192,7 +193,7 @@ class Processor:
             blob, _ = loaded.users[key]
             partition = located[0].pos.partition
             try:
-                state = user_rules.decode_state(blob)
+                state = decode_state(blob)
                 out = user_rules.apply(
                     state,
                     project,
@@ -216,7 +217,7 @@ class Processor:
             if out.changed:
                 ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
                 batch = batches[partition]
-                batch.users.append((key, user_rules.encode_state(state), ttl_ms))
+                batch.users.append((key, encode_state(state), ttl_ms))
                 if out.campaigns:
                     batch.deltas[key] = list(out.campaigns.values())
 

@@ -9,9 +9,9 @@ Why a goal is credited, in one place:
   qualifying goal by event time (ties by ``event_id``); the conversion names the latest qualifying
   touch of that campaign. Every campaign whose window holds the goal is credited.
 
-The credit is recomputed from the retained touches and goals after every batch, so the result
-does not depend on arrival order: an earlier goal or a touch that arrives late (within grace)
-replaces the credit, and the caller republishes it under the same ``conversion_id``.
+After every batch the credits it can change are recomputed from the retained touches and goals, so
+the result does not depend on arrival order: an earlier goal or a touch that arrives late (within
+grace) replaces the credit, and the caller republishes it under the same ``conversion_id``.
 """
 
 from __future__ import annotations
@@ -20,102 +20,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-import msgspec
-
 from attribution.core.model import Basis, Channel, Click, Goal, Located, Send
 from attribution.core.money import fmt, purchase_amount
 from attribution.core.outputs import Conversion, conversion_id
-from attribution.core.rules import CONVERTING, ConversionEvent, ProjectSettings
+from attribution.core.rules import ConversionEvent, ProjectSettings
 from attribution.core.tally import CampaignDelta, conversions_field
+from attribution.core.user_state import (
+    CONVERTS,
+    IS_SEND,
+    KIND_OF,
+    KINDS,
+    Credit,
+    Failed,
+    GoalMark,
+    Touch,
+    UserState,
+)
 
 _SEND = Basis.SEND.value
 _CLICK = Basis.CLICK.value
 _REACHED_BIT = {_SEND: 1, _CLICK: 2}
 _VALUE: dict[Channel, str] = {c: c.value for c in Channel}  # Enum.value is a slow descriptor
-
-
-#: A touch stores its (channel, basis) as one small int: 1 byte in msgpack instead of ~12.
-KINDS: tuple[tuple[str, str], ...] = tuple((c.value, b.value) for c in Channel for b in Basis)
-_KIND: dict[tuple[str, str], int] = {pair: i for i, pair in enumerate(KINDS)}  # Channel is a str
-_CONVERTS: tuple[bool, ...] = tuple(pair in CONVERTING for pair in KINDS)
-_IS_SEND: tuple[bool, ...] = tuple(basis == Basis.SEND.value for _, basis in KINDS)
-
-
-class Touch(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    campaign: str
-    kind: int  # index into KINDS: (channel, basis)
-    ts: int
-    event_id: str
-    message_id: str
-    device_id: str
-
-    @property
-    def channel(self) -> str:
-        return KINDS[self.kind][0]
-
-    @property
-    def basis(self) -> str:
-        return KINDS[self.kind][1]
-
-    def qualifies(self) -> bool:
-        """A send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts."""
-        return _CONVERTS[self.kind]
-
-
-class GoalMark(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    name: str
-    ts: int
-    event_id: str
-    device_id: str
-    amount: str | None
-    currency: str | None
-
-
-class Failed(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    campaign: str
-    message_id: str
-    device_id: str
-    ts: int
-
-
-class Credit(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    campaign: str
-    event: str
-    basis: str
-    goal_ts: int
-    goal_event_id: str
-    device_id: str
-    touch_ts: int
-    touch_event_id: str
-    message_id: str
-    channel: str
-    amount: str | None
-    currency: str | None
-
-
-class UserState(msgspec.Struct, array_like=True, gc=False):
-    """Everything kept for one user key; serialised as one msgpack blob in Redis."""
-
-    fences: dict[str, int] = msgspec.field(default_factory=dict)
-    touches: list[Touch] = msgspec.field(default_factory=list)
-    goals: list[GoalMark] = msgspec.field(default_factory=list)
-    failed: list[Failed] = msgspec.field(default_factory=list)
-    reached: dict[str, int] = msgspec.field(default_factory=dict)
-    credits: list[Credit] = msgspec.field(default_factory=list)
-    expires_ts: int = 0
-    settings_version: int = -1  # the project settings version the credits were computed under
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(UserState)
-
-
-def encode_state(state: UserState) -> bytes:
-    return _encoder.encode(state)
-
-
-def decode_state(blob: bytes | None) -> UserState:
-    return _decoder.decode(blob) if blob else UserState()
 
 
 @dataclass(slots=True)
@@ -203,7 +128,7 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         return "applied"
     copy = False
     for t in state.touches:
-        if _IS_SEND[t.kind]:
+        if IS_SEND[t.kind]:
             if t.event_id == ev.event_id:
                 return "duplicate"
             if t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id:
@@ -212,11 +137,11 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         # another copy of one message to one device: counted once, but every copy is a touch, so
         # that arrival order cannot decide which copy's time the goal is measured against
         state.touches.append(
-            Touch(ev.campaign_id, _KIND[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
+            Touch(ev.campaign_id, KIND_OF[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
         )
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _KIND[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
+        Touch(ev.campaign_id, KIND_OF[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
     )
     delta.add("sends")
     _reach(state, ev.campaign_id, _SEND, delta)
@@ -225,10 +150,10 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
 
 
 def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
-    if any(t.event_id == ev.event_id and not _IS_SEND[t.kind] for t in state.touches):
+    if any(t.event_id == ev.event_id and not IS_SEND[t.kind] for t in state.touches):
         return "duplicate"
     state.touches.append(
-        Touch(ev.campaign_id, _KIND[ev.channel, _CLICK], ev.ts, ev.event_id, ev.message_id, ev.device_id)
+        Touch(ev.campaign_id, KIND_OF[ev.channel, _CLICK], ev.ts, ev.event_id, ev.message_id, ev.device_id)
     )
     delta.add("clicks")
     _reach(state, ev.campaign_id, _CLICK, delta)
@@ -293,7 +218,7 @@ def _recredit(
         return
     by_campaign: dict[tuple[str, str], list[Touch]] = {}
     for t in state.touches:
-        if _CONVERTS[t.kind]:
+        if CONVERTS[t.kind]:
             by_campaign.setdefault((t.campaign, KINDS[t.kind][1]), []).append(t)
     if not by_campaign:
         return

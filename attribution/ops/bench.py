@@ -18,7 +18,7 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from attribution.core.rules import SettingsBook, parse_settings
-from attribution.core.user import decode_state
+from attribution.core.user_state import decode_state
 from attribution.ops.bench_load import SETTINGS, Shape, backlog
 from attribution.ops.bench_rss import worker_rss
 from attribution.ops.config import INPUT_KINDS, Config, load_config
@@ -29,6 +29,8 @@ from attribution.runtime.kafka_io import create_topics, put_settings
 from attribution.runtime.worker import Worker
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
+
+LATENCY_FETCH_WAIT_MS = 10
 
 
 def _fresh(base: Config, **extra: Any) -> Config:
@@ -261,7 +263,15 @@ def run_bench(
         res["engine"] = _engine(config, total)
         res["memory"] = _memory(config, before)
         res["naive_events_per_s"] = _naive(config, records[:naive_events])
-        res["latency"] = _latency(_fresh(base, tally_interval_ms=20), latency_rate, latency_s)
+        # the embedded broker holds each fetch for the full fetch.wait.max.ms (Kafka answers when data
+        # arrives): measure the engine with a short wait, and say so in the table
+        wait_ms = int(os.environ.setdefault("KAFKA_FETCH_WAIT_MAX_MS", str(LATENCY_FETCH_WAIT_MS)))
+        try:
+            res["latency"] = _latency(_fresh(base, tally_interval_ms=20), latency_rate, latency_s)
+        finally:
+            if wait_ms == LATENCY_FETCH_WAIT_MS:
+                os.environ.pop("KAFKA_FETCH_WAIT_MAX_MS")
+        res["latency"]["fetch_wait_ms"] = wait_ms
         if rss_seconds:
             res["worker_rss"] = worker_rss(_fresh(base), rss_rate, rss_seconds)
         eng = res["engine"]["events_per_s"]
@@ -280,7 +290,8 @@ def render_rss(r: dict[str, Any]) -> str:
     return (
         f"worker RSS over {r['seconds']} s @ {r['rate']}/s ({r['events']:,} events): "
         f"{r['rss_after_warmup_mib']} MiB after warm-up, {r['rss_end_mib']} MiB at the end, "
-        f"max {r['rss_max_mib']} MiB; second-half slope {r['second_half_slope_mib_per_min']} MiB/min"
+        f"max {r['rss_max_mib']} MiB; second-half slope {r['second_half_slope_mib_per_min']} MiB/min; "
+        f"lag max {r['max_lag_records']:,} records, {r['end_lag_records']:,} at the end"
     )
 
 
@@ -296,7 +307,8 @@ def render(r: dict[str, Any]) -> str:
         (
             f"latency goal->tally @ {lat['rate']}/s",
             f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
-            f"max {lat['max_ms']} ms ({lat['samples']} tallies, interval {lat['tally_interval_ms']} ms)",
+            f"max {lat['max_ms']} ms ({lat['samples']} tallies, interval {lat['tally_interval_ms']} ms, "
+            f"fetch wait {lat.get('fetch_wait_ms', 100)} ms)",
         ),
         ("redis memory per live touch", f"{mem['bytes_per_touch']} B ({mem['live_touches']:,} touches)"),
         ("engine / ceiling", f"{r['ratios']['engine_over_ceiling']:.2f}"),
