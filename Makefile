@@ -34,7 +34,7 @@ soak: $(BIN)/attribution
 bench: $(BIN)/attribution
 	$(BIN)/attribution bench $(BENCH_ARGS)
 
-## make bench-rss: a worker under 10k events/s for 10 minutes, its RSS sampled every 5 s.
+## make bench-rss: a worker under 2.5k events/s (a million users) for 10 minutes, its RSS and lag sampled every 5 s.
 RSS_SECONDS ?= 600
 bench-rss: $(BIN)/attribution
 	$(BIN)/attribution bench --rss-only --rss-seconds $(RSS_SECONDS) --out bench-rss.json

@@ -28,10 +28,6 @@ CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
     Channel.SMS: (Basis.SEND,),
     Channel.IN_APP: (Basis.CLICK,),
 }
-#: The same as plain (channel, basis) strings, for the hot path (no enum construction per touch).
-CONVERTING: frozenset[tuple[str, str]] = frozenset(
-    (channel.value, basis.value) for channel, bases in CHANNEL_BASES.items() for basis in bases
-)
 
 
 class Purchase(msgspec.Struct, frozen=True, kw_only=True):

@@ -197,8 +197,8 @@ def _recredit(
     user_key: str,
     settings: ProjectSettings,
     out: Outcome,
-    touches_before: int = 0,
-    goals_before: int = 0,
+    touches_before: int,
+    goals_before: int,
 ) -> None:
     """Recompute the credits the batch can have changed: those of the (campaign, basis) pairs it
     added touches to and of the conversion events it added goals of; every credit when the settings

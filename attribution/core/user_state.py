@@ -9,12 +9,13 @@ from __future__ import annotations
 import msgspec
 
 from attribution.core.model import Basis, Channel
-from attribution.core.rules import CONVERTING
+from attribution.core.rules import CHANNEL_BASES
 
 #: A touch stores its (channel, basis) as one small int: 1 byte in msgpack instead of ~12.
 KINDS: tuple[tuple[str, str], ...] = tuple((c.value, b.value) for c in Channel for b in Basis)
 KIND_OF: dict[tuple[str, str], int] = {pair: i for i, pair in enumerate(KINDS)}  # Channel is a str
-CONVERTS: tuple[bool, ...] = tuple(pair in CONVERTING for pair in KINDS)
+# a send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts
+CONVERTS: tuple[bool, ...] = tuple(Basis(b) in CHANNEL_BASES[Channel(c)] for c, b in KINDS)
 IS_SEND: tuple[bool, ...] = tuple(basis == Basis.SEND.value for _, basis in KINDS)
 
 
@@ -29,14 +30,6 @@ class Touch(msgspec.Struct, array_like=True, frozen=True, gc=False):
     @property
     def channel(self) -> str:
         return KINDS[self.kind][0]
-
-    @property
-    def basis(self) -> str:
-        return KINDS[self.kind][1]
-
-    def qualifies(self) -> bool:
-        """A send to an in-app message or a click on a KakaoTalk/SMS message counts, but never converts."""
-        return CONVERTS[self.kind]
 
 
 class GoalMark(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from attribution.core.rules import SettingsBook, parse_settings
 from attribution.core.user_state import decode_state
 from attribution.ops.bench_load import SETTINGS, Shape, backlog
-from attribution.ops.bench_rss import worker_rss
+from attribution.ops.bench_rss import lag, worker_rss
 from attribution.ops.config import INPUT_KINDS, Config, load_config
 from attribution.ops.demo import services
 from attribution.ops.traffic import Traffic
@@ -101,14 +101,10 @@ def _ceiling(config: Config, total: int, produce: bool) -> float:
 
 def _caught_up(config: Config, timeout_s: float = 1800) -> None:
     probe = Consumer(config.kafka({"group.id": config.group_id, "enable.auto.commit": False}))
-    tps = [TopicPartition(config.topic(k), p) for k in INPUT_KINDS for p in range(config.partitions)]
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            committed = probe.committed(tps, timeout=10)
-            if all(
-                c.offset >= probe.get_watermark_offsets(tp)[1] for c, tp in zip(committed, tps, strict=True)
-            ):
+            if lag(probe, config) == 0:
                 return
             time.sleep(0.05)
         raise TimeoutError("engine did not catch up")
@@ -265,11 +261,12 @@ def run_bench(
         res["naive_events_per_s"] = _naive(config, records[:naive_events])
         # the embedded broker holds each fetch for the full fetch.wait.max.ms (Kafka answers when data
         # arrives): measure the engine with a short wait, and say so in the table
+        preset = "KAFKA_FETCH_WAIT_MAX_MS" in os.environ  # an operator's own value wins
         wait_ms = int(os.environ.setdefault("KAFKA_FETCH_WAIT_MAX_MS", str(LATENCY_FETCH_WAIT_MS)))
         try:
             res["latency"] = _latency(_fresh(base, tally_interval_ms=20), latency_rate, latency_s)
         finally:
-            if wait_ms == LATENCY_FETCH_WAIT_MS:
+            if not preset:
                 os.environ.pop("KAFKA_FETCH_WAIT_MAX_MS")
         res["latency"]["fetch_wait_ms"] = wait_ms
         if rss_seconds:
