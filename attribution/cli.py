@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config() -> Any:
-    from attribution.ops.config import load_config
+    from attribution.infra.config import load_config
 
     config = load_config()
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -135,7 +135,7 @@ def _topics_create(args: argparse.Namespace) -> int:
 def _read_settings(files: list[Path]) -> list[Any]:
     from attribution import contract
     from attribution.core.rules import parse_settings
-    from attribution.ops.config import load_config
+    from attribution.infra.config import load_config
 
     limit = load_config().max_conversion_events
     docs = []
@@ -195,7 +195,7 @@ def _tally(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from attribution.rebuild import rebuild
+    from attribution.runtime.rebuild import rebuild
 
     if not args.yes:
         print(
@@ -208,13 +208,13 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from attribution.ops.demo import run_demo
+    from attribution.devkit.demo import run_demo
 
     return run_demo(rate=args.rate, duration_s=args.duration, partitions=args.partitions)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from attribution.ops.bench import run_bench
+    from attribution.devkit.bench import run_bench
 
     if args.rss_only and not args.rss_seconds:
         raise SystemExit("--rss-only needs --rss-seconds")

@@ -2,7 +2,7 @@
 
 Services are picked in this order: environment variables (`KAFKA_BOOTSTRAP_SERVERS`, `REDIS_URL`,
 `REDIS_CLUSTER_URLS`) -> testcontainers when a Docker engine answers (and `testcontainers` is
-installed) -> local subprocesses from `attribution.ops.embedded` (tansu, valkey, redis-server).
+installed) -> local subprocesses from `attribution.devkit.embedded` (tansu, valkey, redis-server).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from types import ModuleType
 import pytest
 import redis
 
-from attribution.ops import embedded
+from attribution.devkit import embedded
 
 # --- service discovery helpers -------------------------------------------------------------------
 

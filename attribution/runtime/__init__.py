@@ -1,1 +1,1 @@
-"""Thin Kafka adapters around attribution.processor; no attribution rules here."""
+"""Thin Kafka adapters around attribution.engine.processor; no attribution rules here."""

@@ -17,7 +17,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
 from attribution.errors import AttributionError, BadSettings
-from attribution.ops.config import INPUT_KINDS, OUTPUT_KINDS, Config, kafka_env_name
+from attribution.infra.config import INPUT_KINDS, OUTPUT_KINDS, Config, kafka_env_name
 
 log = logging.getLogger(__name__)
 COMPACTED = ("settings", "tallies")

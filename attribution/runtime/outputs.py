@@ -21,9 +21,9 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from attribution.engine.processor import BatchResult
 from attribution.errors import AttributionError
-from attribution.ops.config import Config
-from attribution.processor import BatchResult
+from attribution.infra.config import Config
 from attribution.runtime import kafka_io
 
 log = logging.getLogger(__name__)

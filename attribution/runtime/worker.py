@@ -22,18 +22,18 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from attribution.core.rules import ProjectSettings, SettingsBook
+from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
+from attribution.engine.tally_feed import TallyFeed
 from attribution.errors import AttributionError
-from attribution.ops.config import INPUT_KINDS, Config
-from attribution.ops.http import OpsServer
-from attribution.ops.metrics import Metrics
-from attribution.processor import BatchResult, EngineConfig, Processor, Record
+from attribution.infra.config import INPUT_KINDS, Config
+from attribution.infra.http import OpsServer
+from attribution.infra.metrics import Metrics
 from attribution.runtime import kafka_io
 from attribution.runtime.align import Aligner
 from attribution.runtime.outputs import Outputs
 from attribution.state import generation
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
-from attribution.tally_feed import TallyFeed
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0

@@ -167,7 +167,7 @@ def test_malformed_input_goes_to_the_dlq_and_the_worker_keeps_going(
 
 
 def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap: str) -> None:
-    from attribution.ops.embedded import free_port
+    from attribution.devkit.embedded import free_port
 
     port = free_port()
     worker = engine.worker_thread(metrics_port=port, group_id=f"{engine.config.group_id}-ops")

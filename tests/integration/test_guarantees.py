@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from attribution.devkit import embedded
 from attribution.errors import AttributionError, LostState
-from attribution.ops import embedded
-from attribution.rebuild import rebuild
+from attribution.runtime.rebuild import rebuild
 from attribution.state.keys import Keys
 from attribution.state.router import close, connect
 from tests.integration.test_recovery import HOUR, SHORT_WINDOWS, scenario

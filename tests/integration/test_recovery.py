@@ -14,7 +14,7 @@ import pytest
 
 from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, parse_settings
-from attribution.ops.traffic import DEMO_PROJECT, Traffic
+from attribution.devkit.traffic import DEMO_PROJECT, Traffic
 from tests.support.kafka import Engine, engine_config
 from tests.support.outcome import assert_exact, settled
 from tests.support.reference import normalise_tally

@@ -13,7 +13,7 @@ import orjson
 from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.core.tally import snapshot
-from attribution.processor import EngineConfig, Processor, Record
+from attribution.engine.processor import EngineConfig, Processor, Record
 from attribution.state.base import Store
 from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
-from attribution.ops.config import Config, load_config
+from attribution.infra.config import Config, load_config
 from attribution.runtime.kafka_io import create_topics, put_settings
 from attribution.runtime.worker import Worker
 from tests.support.harness import kind

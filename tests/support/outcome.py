@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
-from attribution.ops.config import INPUT_KINDS
+from attribution.infra.config import INPUT_KINDS
 from attribution.state.keys import Keys
 from attribution.state.router import close, connect
 from tests.support.kafka import Engine, TopicReader

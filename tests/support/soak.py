@@ -20,7 +20,7 @@ import msgspec
 
 from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, parse_settings
-from attribution.ops.traffic import DEMO_PROJECT, Traffic
+from attribution.devkit.traffic import DEMO_PROJECT, Traffic
 from tests.support.kafka import Engine
 
 TYPES: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from attribution.ops.bench_rss import rss_bytes, slope_per_minute
+from attribution.devkit.bench_rss import rss_bytes, slope_per_minute
 
 MIB = 1024 * 1024
 

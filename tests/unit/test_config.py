@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from attribution.errors import BadSettings
-from attribution.ops.config import Config, kafka_passthrough, load_config
+from attribution.infra.config import Config, kafka_passthrough, load_config
 
 PASSWORD = "s3cr3t-pa55word"
 

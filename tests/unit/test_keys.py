@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attribution.core.rules import SettingsBook
+from attribution.engine.tally_feed import TallyFeed
 from attribution.state.keys import Keys
-from attribution.tally_feed import TallyFeed
 from tests.support.harness import Run
 from tests.support.scenarios import send, settings
 

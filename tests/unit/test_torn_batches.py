@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attribution.core.model import Event
+from attribution.engine.processor import EngineConfig, Processor
 from attribution.errors import LostState, StateConflict
-from attribution.processor import EngineConfig, Processor
 from attribution.state.base import CounterWrite, OpenBatch, UserWrite
 from attribution.state.memory import MemoryStore
 from tests.support.harness import Run

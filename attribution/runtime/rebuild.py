@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from attribution.core.rules import SettingsBook
 from attribution.errors import AttributionError
-from attribution.ops.config import INPUT_KINDS, Config
+from attribution.infra.config import INPUT_KINDS, Config
 from attribution.runtime import kafka_io
 from attribution.runtime.worker import Worker
 from attribution.state.generation import new_generation

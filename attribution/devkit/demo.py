@@ -17,9 +17,9 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from attribution.core.rules import parse_settings
-from attribution.ops import embedded
-from attribution.ops.config import load_config
-from attribution.ops.traffic import DEMO_SETTINGS, Traffic
+from attribution.devkit import embedded
+from attribution.devkit.traffic import DEMO_SETTINGS, Traffic
+from attribution.infra.config import load_config
 from attribution.runtime.kafka_io import create_topics, put_settings
 
 

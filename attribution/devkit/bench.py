@@ -19,12 +19,12 @@ from confluent_kafka import Consumer, Producer
 
 from attribution.core.rules import SettingsBook, parse_settings
 from attribution.core.user_state import decode_state
-from attribution.ops.bench_load import SETTINGS, Shape, backlog
-from attribution.ops.bench_rss import lag, worker_rss
-from attribution.ops.config import INPUT_KINDS, Config, load_config
-from attribution.ops.demo import services
-from attribution.ops.traffic import Traffic
-from attribution.processor import EngineConfig, Processor, Record
+from attribution.devkit.bench_load import SETTINGS, Shape, backlog
+from attribution.devkit.bench_rss import lag, worker_rss
+from attribution.devkit.demo import services
+from attribution.devkit.traffic import Traffic
+from attribution.engine.processor import EngineConfig, Processor, Record
+from attribution.infra.config import INPUT_KINDS, Config, load_config
 from attribution.runtime.kafka_io import create_topics, put_settings
 from attribution.runtime.worker import Worker
 from attribution.state.keys import Keys

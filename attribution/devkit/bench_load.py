@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from attribution.ops.traffic import DEMO_SETTINGS
+from attribution.devkit.traffic import DEMO_SETTINGS
 
 PROJECT = "bench"
 CHANNELS = ("push", "web_push", "kakao", "sms", "in_app", "email")

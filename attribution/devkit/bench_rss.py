@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from attribution.ops.config import INPUT_KINDS, Config
-from attribution.ops.traffic import Traffic
+from attribution.devkit.traffic import Traffic
+from attribution.infra.config import INPUT_KINDS, Config
 
 SAMPLE_EVERY_S = 5.0
 

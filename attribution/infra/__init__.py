@@ -1,0 +1,1 @@
+"""What a production worker needs besides the engine: settings, metrics, health/HTTP, logging."""

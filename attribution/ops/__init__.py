@@ -1,1 +1,0 @@
-"""Operations: settings, metrics, health/HTTP, embedded services for local runs."""
