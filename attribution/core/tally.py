@@ -55,6 +55,33 @@ class CampaignDelta(msgspec.Struct, gc=False):
         return (self.project_id, self.campaign_id)
 
 
+class BasisTotals(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    conversions: int
+    revenue: dict[str, str]  # ISO 4217 code -> exact decimal string
+
+
+class EventTally(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    primary: Basis
+    send: BasisTotals
+    click: BasisTotals
+    rate: float
+
+
+class TallyRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A record of the tallies topic, as ``snapshot`` builds it (for readers of the topic)."""
+
+    project_id: str
+    campaign_id: str
+    version: int
+    as_of_ts: int
+    sends: int
+    send_users: int
+    failed: int
+    clicks: int
+    click_users: int
+    events: dict[str, EventTally]
+
+
 def snapshot(
     project_id: str, campaign_id: str, fields: dict[str, str], settings: ProjectSettings | None
 ) -> dict[str, Any]:

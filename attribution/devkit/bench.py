@@ -17,6 +17,7 @@ import orjson
 import redis
 from confluent_kafka import Consumer, Producer
 
+from attribution.contract.topics import INPUTS
 from attribution.core.rules import SettingsBook, parse_settings
 from attribution.core.user_state import decode_state
 from attribution.devkit.bench_load import SETTINGS, Shape, backlog
@@ -24,7 +25,7 @@ from attribution.devkit.bench_rss import lag, worker_rss
 from attribution.devkit.demo import services
 from attribution.devkit.traffic import Traffic
 from attribution.engine.processor import EngineConfig, Processor, Record
-from attribution.infra.config import INPUT_KINDS, Config, load_config
+from attribution.infra.config import Config, load_config
 from attribution.runtime.kafka_io import create_topics, put_settings
 from attribution.runtime.worker import Worker
 from attribution.state.keys import Keys
@@ -76,7 +77,7 @@ def _ceiling(config: Config, total: int, produce: bool) -> float:
             }
         )
     )
-    consumer.subscribe([config.topic(k) for k in INPUT_KINDS])
+    consumer.subscribe([config.topic(k) for k in INPUTS])
     producer = Producer(config.kafka({"linger.ms": 5})) if produce else None
     seen, started = 0, 0.0
     deadline = time.monotonic() + 600

@@ -20,8 +20,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from attribution.contract.topics import INPUTS
 from attribution.devkit.traffic import Traffic
-from attribution.infra.config import INPUT_KINDS, Config
+from attribution.infra.config import Config
 
 SAMPLE_EVERY_S = 5.0
 
@@ -49,7 +50,7 @@ def slope_per_minute(samples: Sequence[tuple[float, int]]) -> float:
 
 def lag(probe: Consumer, config: Config) -> int:
     """Records of the input topics not yet committed by the worker's group (its backlog)."""
-    tps = [TopicPartition(config.topic(k), p) for k in INPUT_KINDS for p in range(config.partitions)]
+    tps = [TopicPartition(config.topic(k), p) for k in INPUTS for p in range(config.partitions)]
     total = 0
     for c, tp in zip(probe.committed(tps, timeout=10), tps, strict=True):
         high = probe.get_watermark_offsets(tp, timeout=10)[1]

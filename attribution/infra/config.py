@@ -16,10 +16,8 @@ import redis.connection
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from attribution.contract.topics import spec
 from attribution.errors import BadSettings
-
-INPUT_KINDS = ("sends", "clicks", "goals")
-OUTPUT_KINDS = ("conversions", "tallies", "dlq")
 
 
 class Config(BaseSettings):
@@ -73,8 +71,8 @@ class Config(BaseSettings):
         return value
 
     def topic(self, kind: str) -> str:
-        """The full topic name of ``kind`` (sends, clicks, goals, settings, conversions, tallies, dlq)."""
-        return f"{self.topic_prefix}{kind}"
+        """The full topic name of ``kind``, a name of the topic table (``attribution.contract.topics``)."""
+        return f"{self.topic_prefix}{spec(kind).name}"
 
     def kafka(
         self, extra: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None

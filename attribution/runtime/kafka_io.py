@@ -15,12 +15,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from attribution.contract.topics import INPUTS, TOPICS
 from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
 from attribution.errors import AttributionError, BadSettings
-from attribution.infra.config import INPUT_KINDS, OUTPUT_KINDS, Config, kafka_env_name
+from attribution.infra.config import Config, kafka_env_name
 
 log = logging.getLogger(__name__)
-COMPACTED = ("settings", "tallies")
 
 
 C = TypeVar("C")
@@ -75,10 +75,10 @@ def create_topics(config: Config, partitions: int | None = None, timeout_s: floa
     settings and tallies are compacted. Returns topic -> "created" | "exists"."""
     n = partitions or config.partitions
     wanted = []
-    for kind in (*INPUT_KINDS, "settings", *OUTPUT_KINDS):
-        topic_conf = {"cleanup.policy": "compact"} if kind in COMPACTED else {}
-        count = 1 if kind == "settings" else n
-        wanted.append(NewTopic(config.topic(kind), count, config.replication_factor, config=topic_conf))
+    for t in TOPICS:
+        topic_conf = {"cleanup.policy": "compact"} if t.compacted else {}
+        count = 1 if t.single_partition else n
+        wanted.append(NewTopic(config.topic(t.name), count, config.replication_factor, config=topic_conf))
     result: dict[str, str] = {}
     client = admin(config)  # must outlive the futures
     for topic, future in client.create_topics(wanted, request_timeout=timeout_s).items():
@@ -97,7 +97,7 @@ def check_copartitioned(config: Config, timeout_s: float = 15.0) -> int:
     client = admin(config)
     metadata = client.list_topics(timeout=timeout_s)
     counts: dict[str, int] = {}
-    for kind in INPUT_KINDS:
+    for kind in INPUTS:
         topic = metadata.topics.get(config.topic(kind))
         if topic is None or topic.error is not None:
             raise BadSettings(
@@ -116,7 +116,7 @@ def check_copartitioned(config: Config, timeout_s: float = 15.0) -> int:
 
 def has_committed(consumer: Consumer, config: Config, partitions: int, timeout_s: float = 15.0) -> bool:
     """Whether the consumer group committed an offset on any input partition (it consumed before)."""
-    tps = [TopicPartition(config.topic(kind), p) for kind in INPUT_KINDS for p in range(partitions)]
+    tps = [TopicPartition(config.topic(kind), p) for kind in INPUTS for p in range(partitions)]
     return any(tp.offset >= 0 for tp in consumer.committed(tps, timeout=timeout_s))
 
 

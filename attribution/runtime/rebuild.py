@@ -15,9 +15,10 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
+from attribution.contract.topics import INPUTS
 from attribution.core.rules import SettingsBook
 from attribution.errors import AttributionError
-from attribution.infra.config import INPUT_KINDS, Config
+from attribution.infra.config import Config
 from attribution.runtime import kafka_io
 from attribution.runtime.worker import Worker
 from attribution.state.generation import new_generation
@@ -40,7 +41,7 @@ def active_members(config: Config) -> int:
 
 
 def start_offsets(config: Config, since: str, partitions: int) -> dict[tuple[str, int], int]:
-    tps = [(config.topic(kind), p) for kind in INPUT_KINDS for p in range(partitions)]
+    tps = [(config.topic(kind), p) for kind in INPUTS for p in range(partitions)]
     if since == "earliest":
         return {tp: OFFSET_BEGINNING for tp in tps}
     feed = kafka_io.SettingsFeed(config, book := SettingsBook())

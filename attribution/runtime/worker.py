@@ -21,11 +21,12 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from attribution.contract.topics import INPUTS
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.engine.tally_feed import TallyFeed
 from attribution.errors import AttributionError
-from attribution.infra.config import INPUT_KINDS, Config
+from attribution.infra.config import Config
 from attribution.infra.http import OpsServer
 from attribution.infra.metrics import Metrics
 from attribution.runtime import kafka_io
@@ -69,7 +70,7 @@ class Worker:
         engine = EngineConfig(config.grace_ms, config.state_margin_ms, config.max_event_bytes)
         self.processor = Processor(self.store, self.keys, self.book, engine)
         self.tally_feed = TallyFeed(self.store, self.keys, self.book)
-        self.kinds = {config.topic(kind): kind for kind in INPUT_KINDS}
+        self.kinds = {config.topic(kind): kind for kind in INPUTS}
         self.assigned: set[tuple[str, int]] = set()
         self.ready = False
         self.batches = 0

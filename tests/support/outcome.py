@@ -7,9 +7,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from attribution.contract.topics import INPUTS
 from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
-from attribution.infra.config import INPUT_KINDS
 from attribution.state.keys import Keys
 from attribution.state.router import close, connect
 from tests.support.kafka import Engine, TopicReader
@@ -21,7 +21,7 @@ def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
     cfg = engine.config
     probe = Consumer(cfg.kafka({"group.id": cfg.group_id, "enable.auto.commit": False}))
     try:
-        tps = [TopicPartition(cfg.topic(k), p) for k in INPUT_KINDS for p in range(cfg.partitions)]
+        tps = [TopicPartition(cfg.topic(k), p) for k in INPUTS for p in range(cfg.partitions)]
         deadline = time.monotonic() + timeout_s
         while True:
             committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
