@@ -1,41 +1,38 @@
-"""The topic contract: JSON Schemas (draft-07) for every topic, compiled validators and the examples.
+"""The topic contract: JSON Schemas (draft-07) for every topic and their compiled validators.
 
-Schemas live in ``<repo>/topics/<name>.schema.json`` (or ``$ATTRIBUTION_TOPICS_DIR``); see topics/README.md.
+The schemas ship inside the package (``attribution/contract/schemas/``, read with importlib.resources)
+so that an installed wheel validates settings too; ``topics/`` at the repository root is the same
+contract for people to read, with examples. ``tests/unit/test_contract.py`` keeps the two copies and
+the msgspec structs of the topic table in agreement.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import fastjsonschema
 import orjson
 
+from attribution.contract.topics import NAMES, spec
 from attribution.errors import BadInput
 
-TOPIC_NAMES: tuple[str, ...] = ("sends", "clicks", "goals", "settings", "conversions", "tallies", "dlq")
+TOPIC_NAMES: tuple[str, ...] = NAMES
 
 _MAX_SHOWN = 80  # characters of an offending value quoted in an error message
 
 
-def topics_dir() -> Path:
-    """Directory holding the schemas: ``$ATTRIBUTION_TOPICS_DIR`` if set, else ``<repo root>/topics``."""
-    env = os.environ.get("ATTRIBUTION_TOPICS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "topics"
-
-
-def _check_name(name: str) -> None:
-    if name not in TOPIC_NAMES:
-        raise ValueError(f"unknown topic {name!r}; expected one of {', '.join(TOPIC_NAMES)}")
+def schema_text(name: str) -> bytes:
+    """The JSON Schema file of topic ``name`` as shipped in the package."""
+    return (resources.files(__package__) / "schemas" / f"{name}.schema.json").read_bytes()
 
 
 def schema(name: str) -> dict[str, Any]:
     """The parsed JSON Schema of topic ``name`` (a fresh dict each call); ValueError for an unknown name."""
-    _check_name(name)
-    doc = orjson.loads((topics_dir() / f"{name}.schema.json").read_bytes())
+    spec(name)
+    doc = orjson.loads(schema_text(name))
     if not isinstance(doc, dict):
         raise ValueError(f"{name}.schema.json: a schema must be a JSON object")
     return doc
@@ -77,13 +74,3 @@ def validator(name: str) -> Callable[[Any], Any]:
     validate.__name__ = f"validate_{name}"
     validate.__doc__ = f"Validate one {name} record against topics/{name}.schema.json."
     return validate
-
-
-def examples(name: str, valid: bool = True) -> list[tuple[str, Any]]:
-    """Example messages of topic ``name`` as (file name, parsed JSON), sorted; [] when there are none."""
-    _check_name(name)
-    base = topics_dir() / "examples"
-    folder = base / name if valid else base / "invalid" / name
-    if not folder.is_dir():
-        return []
-    return [(p.name, orjson.loads(p.read_bytes())) for p in sorted(folder.glob("*.json"))]

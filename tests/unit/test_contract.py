@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from attribution import contract
+from attribution.contract.topics import NAMES, spec
 from attribution.errors import BadInput
+from tests.support.examples import TOPICS_DIR, examples
 
 INPUTS = ("sends", "clicks", "goals", "settings")
 OUTPUTS = ("conversions", "tallies", "dlq")
@@ -17,7 +20,7 @@ def _cases(valid: bool) -> list[Any]:
     return [
         pytest.param(name, doc, id=f"{name}/{file}")
         for name in contract.TOPIC_NAMES
-        for file, doc in contract.examples(name, valid=valid)
+        for file, doc in examples(name, valid=valid)
     ]
 
 
@@ -34,9 +37,9 @@ def test_invalid_example_is_refused(name: str, doc: Any) -> None:
 
 @pytest.mark.parametrize("name", contract.TOPIC_NAMES)
 def test_enough_examples(name: str) -> None:
-    assert len(contract.examples(name)) >= 2
+    assert len(examples(name)) >= 2
     if name in INPUTS:
-        assert len(contract.examples(name, valid=False)) >= 4
+        assert len(examples(name, valid=False)) >= 4
 
 
 def _properties_without_description(node: Any, where: str) -> list[str]:
@@ -67,18 +70,18 @@ def test_schema_metadata(name: str) -> None:
 
 
 def test_error_names_the_field() -> None:
-    docs = dict(contract.examples("sends", valid=False))
+    docs = dict(examples("sends", valid=False))
     with pytest.raises(BadInput, match=r"missing required field event_id"):
         contract.validator("sends")(docs["missing_event_id.json"])
     with pytest.raises(BadInput, match=r"field channel must be one of"):
         contract.validator("sends")(docs["bad_channel_fax.json"])
-    settings = dict(contract.examples("settings", valid=False))
+    settings = dict(examples("settings", valid=False))
     with pytest.raises(BadInput, match=r"field conversion_events\[0\]\.basis\.kakao "):
         contract.validator("settings")(settings["kakao_click_basis.json"])
 
 
 def test_defaults_are_filled() -> None:
-    docs = dict(contract.examples("sends"))
+    docs = dict(examples("sends"))
     out = contract.validator("sends")(docs["push_sent_device5_of5_defaults.json"])
     assert out["status"] == "sent"
     assert out["variant"] is None
@@ -86,7 +89,7 @@ def test_defaults_are_filled() -> None:
 
 def test_outputs_refuse_unknown_fields() -> None:
     for name in OUTPUTS:
-        _, doc = contract.examples(name)[0]
+        _, doc = examples(name)[0]
         with pytest.raises(BadInput, match="must not contain"):
             contract.validator(name)({**doc, "unexpected": 1})
 
@@ -96,7 +99,25 @@ def test_unknown_topic() -> None:
         contract.schema("impressions")
 
 
-def test_topics_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    monkeypatch.setenv("ATTRIBUTION_TOPICS_DIR", str(tmp_path))
-    assert contract.topics_dir() == tmp_path
-    assert contract.examples("sends") == []
+def test_packaged_schemas_are_the_topics_folder() -> None:
+    """The wheel ships attribution/contract/schemas; people read topics/. They must be one contract:
+    after editing topics/X.schema.json, copy it to attribution/contract/schemas/."""
+    on_disk = {p.name.removesuffix(".schema.json") for p in TOPICS_DIR.glob("*.schema.json")}
+    assert on_disk == set(NAMES)
+    for name in NAMES:
+        assert contract.schema_text(name) == (TOPICS_DIR / f"{name}.schema.json").read_bytes(), name
+
+
+@pytest.mark.parametrize(("name", "doc"), _cases(valid=True))
+def test_valid_example_decodes_into_the_topic_struct(name: str, doc: Any) -> None:
+    msgspec.convert(doc, spec(name).struct)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_struct_fields_are_the_schema_properties(name: str) -> None:
+    """The struct of the topic table and the schema name the same fields and the same required ones."""
+    doc = contract.schema(name)
+    info = msgspec.inspect.type_info(spec(name).struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    assert {f.encode_name for f in info.fields} == set(doc["properties"]), name
+    assert {f.encode_name for f in info.fields if f.required} == set(doc["required"]), name
