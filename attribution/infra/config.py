@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import redis.connection
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from attribution.contract.topics import spec
@@ -53,7 +55,9 @@ class Config(BaseSettings):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
     partitions: int = Field(12, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=10)
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one readable line per event; json: one JSON object per line (for log pipelines)
+    log_format: Literal["text", "json"] = "text"
     # how often the worker checks that Redis still holds its state generation (lost-state detection)
     state_check_ms: int = Field(5_000, ge=100, le=3_600_000)
     # outputs and input offsets in one Kafka transaction (brokers with transactions); correctness
@@ -61,13 +65,24 @@ class Config(BaseSettings):
     exactly_once: bool = False
     transactional_id: str | None = Field(None, min_length=1, max_length=200)
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url_parses(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
         try:
-            redis.connection.parse_url(value.get_secret_value())  # type: ignore[no-untyped-call]
+            redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
-            raise ValueError(f"not a Redis URL ({exc})") from None
+            raise ValueError(f"not a Redis URL ({_without_password(str(exc))})") from None
+        path = urlsplit(url).path.strip("/")
+        if path and not path.isdigit():  # redis-py would quietly use database 0
+            raise ValueError(f"the path must be a database number such as /0, got /{path}")
         return value
 
     def topic(self, kind: str) -> str:
@@ -108,8 +123,13 @@ def kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-#: Read elsewhere (attribution.contract), not by Config.
-OTHER_SETTINGS = frozenset({"ATTRIBUTION_TOPICS_DIR"})
+#: Read elsewhere, not by Config (none today; the place for a setting a library reads itself).
+OTHER_SETTINGS: frozenset[str] = frozenset()
+
+
+def _without_password(text: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` in a message about a URL."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
 def _check_names(environ: Mapping[str, str]) -> None:

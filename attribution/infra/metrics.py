@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from attribution import __version__
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -10,9 +20,27 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """All series the worker exports; names end in their unit (``_seconds``, ``_total``)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, runtime: str = "confluent") -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (CPU, RSS, start time: restarts show as changes) and python_info, as on the
+        # default registry; several workers in one process (tests) each get their own
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("attribution_build", "Version and runtime of this worker", registry=r).info(
+            {"version": __version__, "runtime": runtime}
+        )
+        self.ready = Gauge(
+            "attribution_ready",
+            "1 while the worker is ready (settings loaded, state generation checked, group joined)",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "attribution_redis_errors",
+            "Redis calls that failed (connection, timeout, OOM, READONLY...): the batch is retried",
+            ["kind"],
+            registry=r,
+        )
         self.events = Counter(
             "attribution_events",
             "Input records by topic and outcome (applied, duplicate, replayed, ignored, late, dlq)",

@@ -243,3 +243,32 @@ def test_a_librdkafka_property_it_refuses_names_its_variable(
     with pytest.raises(BadSettings, match=reason) as info:
         producer(load_config())
     assert info.value.field == name
+
+
+def test_log_level_and_format_accept_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTRIBUTION_LOG_LEVEL", "debug")
+    monkeypatch.setenv("ATTRIBUTION_LOG_FORMAT", "JSON")
+    config = load_config()
+    assert (config.log_level, config.log_format) == ("DEBUG", "json")
+
+
+def test_a_log_format_that_is_not_text_or_json_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTRIBUTION_LOG_FORMAT", "xml")
+    with pytest.raises(BadSettings, match="ATTRIBUTION_LOG_FORMAT"):
+        load_config()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/zz", "redis://127.0.0.1:6379/0/x"])
+def test_a_redis_url_whose_path_is_not_a_database_number_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    with pytest.raises(BadSettings, match=r"REDIS_URL: .*database number"):
+        load_config()
+
+
+def test_a_bad_redis_url_error_does_not_show_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://app:s3cret-pass@127.0.0.1:6379/zz")
+    with pytest.raises(BadSettings) as caught:
+        load_config()
+    assert "s3cret-pass" not in str(caught.value)
