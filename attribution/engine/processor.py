@@ -139,10 +139,10 @@ class Processor:
             except msgspec.DecodeError as exc:  # the parent class: malformed JSON
                 reason = f"not JSON: {exc}"
         if event is not None and (record.key or b"").decode("utf-8", "replace") != event.user_key:
+            # the DLQ record shows the key and the raw value; the reason names neither (it is logged)
             reason = (
-                f"record key {record.key!r} is not the user key {event.user_key!r} "
-                "(user_id, else device_id); "
-                "producers must key records by user so a user's sends, clicks and goals share a partition"
+                "record key is not the event's user key (user_id, else device_id): producers must key "
+                "records by user so a user's sends, clicks and goals share a partition"
             )
         if reason is not None:
             result.dead_letters.append(
@@ -207,7 +207,14 @@ class Processor:
                     grace,
                 )
             except Exception as exc:  # a poison pill: this user's events only, never the whole batch
-                log.exception("attributing %s/%s failed; its events go to the DLQ", project, user_key)
+                # no raw user key in a log line (personal data): the DLQ record carries it
+                log.exception(
+                    "attributing a user of project %s failed (%s[%d]@%d); its events go to the DLQ",
+                    project,
+                    located[0].pos.topic,
+                    located[0].pos.partition,
+                    located[0].pos.offset,
+                )
                 poisoned.append((located, f"processing failed ({type(exc).__name__}: {exc})"))
                 continue
             for k, n in out.outcomes.items():

@@ -11,6 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 Check = Callable[[], tuple[bool, dict[str, object]]]
 
+#: The paths the worker serves (deploy/ probes and scrape configs are checked against them).
+METRICS_PATH, HEALTH_PATH, READY_PATH = "/metrics", "/healthz", "/readyz"
+ROUTES = (METRICS_PATH, HEALTH_PATH, READY_PATH)
+
 
 class OpsServer:
     """Serves the registry and two checks: ``healthy`` (the loop is alive) and ``ready`` (it can work)."""
@@ -22,10 +26,11 @@ class OpsServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
+                path = self.path.split("?", 1)[0]
+                if path == METRICS_PATH:
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path.startswith(("/healthz", "/readyz")):
-                    ok, detail = (ops.healthy if self.path.startswith("/healthz") else ops.ready)()
+                elif path in (HEALTH_PATH, READY_PATH):
+                    ok, detail = (ops.healthy if path == HEALTH_PATH else ops.ready)()
                     self._send(200 if ok else 503, orjson.dumps({"ok": ok, **detail}), "application/json")
                 else:
                     self._send(404, b'{"error": "not found"}', "application/json")
