@@ -26,3 +26,11 @@ class StateConflict(AttributionError):
 
 class LostState(AttributionError):
     """Redis no longer holds state it should hold (restart without persistence, flush)."""
+
+
+class Unavailable(AttributionError):
+    """A service (the Kafka broker, Redis) does not answer; names the setting that locates it."""
+
+
+class MissingTopics(AttributionError):
+    """Topics the engine needs do not exist on the broker: ``attribution topics create`` makes them."""

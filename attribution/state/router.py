@@ -4,20 +4,37 @@ Every script call names keys of a single hash slot, so it runs unchanged on a cl
 no key built inside Lua). ``split`` groups a batch's keys accordingly: one group on a single server
 (one call per batch), one group per hash slot on a cluster. ``run`` pipelines the calls, one round
 trip per server, loads scripts a server lost (NOSCRIPT), and follows MOVED/ASK after a reshard.
+
+``REDIS_URL`` carries the login and TLS: ``rediss://USER:PASSWORD@host:port/0?ssl_ca_certs=/ca.pem``
+(redis-py's URL options: ``ssl_certfile``/``ssl_keyfile`` for a client certificate,
+``ssl_cert_reqs``, ``ssl_check_hostname``), for one server and, unchanged, for every node of a
+cluster. ``acl_rule`` gives the least-privilege ACL of the engine's Redis user.
 """
 
 from __future__ import annotations
 
+import re
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 
-from attribution.errors import AttributionError, BadInput
+from attribution.errors import AttributionError, BadInput, BadSettings, Unavailable
 from attribution.state.scripts import SCRIPTS, Script
 
 ROUTING_RETRIES = 8  # with backoff: about 3.5 s for a slot to settle during a reshard
@@ -31,18 +48,79 @@ class Call(NamedTuple):
     args: Sequence[Any]
 
 
+#: Every command the worker and ``attribution tally`` send, the ones inside the Lua scripts included
+#: (``tests/unit/test_redis_acl.py`` checks the list against the scripts and the state layer).
+WORKER_COMMANDS = (
+    # connection: a liveness check, the cluster probe of ``connect``, a database other than 0
+    *("ping", "info", "select"),
+    # the scripts, and what they call
+    *("evalsha", "script|load", "get", "set", "getrange", "hget", "hset", "hsetnx", "hincrby"),
+    *("pexpire", "zadd", "zscore", "zrem"),
+    # plain reads and writes
+    *("hmget", "hgetall", "hvals", "zrange", "sadd", "smembers"),
+    # a cluster client: the slot map, the command table, a slot being moved
+    *("cluster|slots", "command", "asking"),
+)
+#: What ``attribution rebuild`` needs besides: deleting every key under the prefix.
+REBUILD_COMMANDS = ("scan", "unlink")
+
+
+def acl_rule(prefix: str, rebuild: bool = False) -> str:
+    """The permissions of the engine's Redis user, in ``ACL SETUSER`` syntax: keys under ``prefix:``
+    only, no pub/sub channel, and only the commands it sends (``rebuild``: those of ``attribution
+    rebuild`` too). Use as ``ACL SETUSER attribution on >PASSWORD <rule>`` (or an aclfile line).
+
+    Not ``+@all -@dangerous``: INFO (how ``connect`` tells a cluster) is in @dangerous, and the rest
+    of @all (DEL, RENAME, EVAL of any script, SCAN of every key name...) is more than a worker needs.
+    CLIENT SETINFO, which redis-py sends on connecting (Redis >= 7.2, valkey), is not needed: a
+    refusal is ignored, and Redis 7.0 refuses an ACL rule naming it."""
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+    commands = WORKER_COMMANDS + (REBUILD_COMMANDS if rebuild else ())
+    return " ".join([f"~{pattern}:*", "resetchannels", "-@all", *(f"+{c}" for c in commands)])
+
+
 def connect(url: str) -> Client:
-    """A client for ``url``: a cluster client when the server says it is in cluster mode."""
+    """A client for ``url``: a cluster client when the server says it is in cluster mode.
+
+    Errors name REDIS_URL, never its password: BadSettings when Redis refuses the login or a command
+    (WRONGPASS, NOAUTH, NOPERM) or the URL holds an option redis-py does not know; Unavailable when
+    no server answers there (refused, timed out, a TLS handshake that failed)."""
     options: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5}
-    client = redis.Redis.from_url(url, health_check_interval=30, **options)
     try:
+        client = redis.Redis.from_url(url, health_check_interval=30, **options)
         enabled = int(client.info("cluster").get("cluster_enabled", 0))
-    except redis.RedisError as exc:
-        raise AttributionError(f"Redis at REDIS_URL does not answer: {exc}") from exc
-    if not enabled:
-        return client
-    client.close()
-    return RedisCluster.from_url(url, **options)
+        if not enabled:
+            return client
+        client.close()
+        return RedisCluster.from_url(url, **options)
+    except (redis.RedisError, RedisClusterException, TypeError, ValueError) as exc:
+        raise _explain(exc, url) from None
+
+
+def _explain(exc: Exception, url: str) -> AttributionError:
+    """``exc`` (raised while connecting to ``url``) as an error naming REDIS_URL, without secrets."""
+    parts = urlsplit(url)
+    user = unquote(parts.username or "") or "default"
+    text = str(exc)
+    for secret in {parts.password, unquote(parts.password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")  # redis-py never quotes it; make sure
+    if isinstance(exc, AuthenticationError):
+        return BadSettings("REDIS_URL", f"Redis refused the login of user {user!r}: {text}")
+    if isinstance(exc, NoPermissionError):
+        return BadSettings(
+            "REDIS_URL",
+            f"Redis user {user!r} may not run a command the engine needs "
+            f"(attribution.state.router.acl_rule lists them): {text}",
+        )
+    if isinstance(exc, TypeError | ValueError):
+        hint = " (ssl_* options need a rediss:// URL)" if "ssl" in text and parts.scheme == "redis" else ""
+        return BadSettings("REDIS_URL", f"an option of the URL is refused: {text}{hint}")
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    what = "failed the TLS handshake" if cause is not None else "does not answer"
+    return Unavailable(f"Redis at REDIS_URL ({where}) {what}: {text}")
 
 
 class Router:
