@@ -1,138 +1,145 @@
-"""The ``attribution`` command: worker | topics | settings | tally | rebuild | demo | bench."""
+"""The ``attribution`` command (click): worker, topics, settings, tally, rebuild, demo, bench.
+
+Commands import what they need when they run, so ``attribution --help`` stays fast and light.
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import click
 import orjson
 
+from attribution import __version__
 from attribution.errors import AttributionError, BadSettings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+ENV_HELP = (
+    "The worker is configured by environment variables (KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, "
+    "ATTRIBUTION_*, any KAFKA_* librdkafka property): `attribution settings show` lists them with "
+    "their values and defaults. What counts as a conversion (events, windows, bases) is per project, "
+    "on the settings topic: `attribution settings put FILE`."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit code (2: bad setting or usage, 1: other failures)."""
     try:
-        return int(args.func(args) or 0)
+        cli.main(args=argv, prog_name="attribution", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("attribution: aborted", err=True)
+        return 1
     except BadSettings as exc:
-        print(f"attribution: bad setting {exc.field}: {exc.reason}", file=sys.stderr)
+        click.echo(f"attribution: bad setting {exc.field}: {exc.reason}", err=True)
         return 2
     except AttributionError as exc:
-        print(f"attribution: {exc}", file=sys.stderr)
+        click.echo(f"attribution: {exc}", err=True)
         return 1
+    return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attribution", description=__doc__)
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
+@click.group(context_settings=CONTEXT, epilog=ENV_HELP)
+@click.version_option(__version__, "-V", "--version", prog_name="attribution")
+def cli() -> None:
+    """Streaming conversion attribution: Kafka sends/clicks x goals joined in Redis, exact
+    per-campaign tallies.
 
-    w = sub.add_parser("worker", help="run a worker (consumer group member) until SIGTERM/SIGINT")
-    w.set_defaults(func=_worker)
-
-    t = sub.add_parser("topics", help="manage the engine's topics")
-    tsub = t.add_subparsers(required=True, metavar="ACTION")
-    tc = tsub.add_parser("create", help="create all topics (idempotent; inputs co-partitioned)")
-    tc.add_argument(
-        "--partitions", type=int, default=None, help="input/output partitions (ATTRIBUTION_PARTITIONS)"
-    )
-    tc.set_defaults(func=_topics_create)
-
-    s = sub.add_parser("settings", help="project settings (conversion events)")
-    ssub = s.add_subparsers(required=True, metavar="ACTION")
-    sp = ssub.add_parser("put", help="validate FILE(s) and publish them to the settings topic")
-    sp.add_argument("files", nargs="+", type=Path)
-    sp.set_defaults(func=_settings_put)
-    sv = ssub.add_parser("validate", help="validate FILE(s) only")
-    sv.add_argument("files", nargs="+", type=Path)
-    sv.set_defaults(func=_settings_validate)
-
-    ta = sub.add_parser("tally", help="print the current tally of a campaign, read from Redis")
-    ta.add_argument("project")
-    ta.add_argument("campaign")
-    ta.set_defaults(func=_tally)
-
-    r = sub.add_parser(
-        "rebuild",
-        help="after Redis lost its data: wipe the prefix, replay the inputs into a new state generation",
-    )
-    r.add_argument(
-        "--from",
-        dest="since",
-        choices=("earliest", "window"),
-        default="earliest",
-        help="earliest: every retained record (exact with full retention); window: now - longest "
-        "conversion window - grace (faster; tallies then count only the replayed events)",
-    )
-    r.add_argument(
-        "--yes", action="store_true", help="confirm: every key under ATTRIBUTION_REDIS_PREFIX is deleted"
-    )
-    r.add_argument("--force", action="store_true", help="run although the consumer group still lists members")
-    r.set_defaults(func=_rebuild)
-
-    d = sub.add_parser("demo", help="embedded broker + Redis, worker, demo traffic and live tallies")
-    d.add_argument("--rate", type=int, default=300, help="demo input events per second")
-    d.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
-    d.add_argument("--partitions", type=int, default=4)
-    d.set_defaults(func=_demo)
-
-    b = sub.add_parser("bench", help="throughput, latency and memory in one run (make bench)")
-    b.add_argument(
-        "--scale", type=float, default=1.0, help="backlog size; 1.0 = 1M sends, 150k clicks, 60k goals"
-    )
-    b.add_argument("--latency-rate", type=int, default=20_000, help="events/s of the steady latency load")
-    b.add_argument("--latency-seconds", type=float, default=30.0)
-    b.add_argument("--naive-events", type=int, default=20_000, help="events for the one-round-trip baseline")
-    b.add_argument("--out", type=Path, default=Path("bench-results.json"))
-    b.add_argument(
-        "--rss-seconds",
-        type=float,
-        default=0,
-        help="also sample a worker's RSS this long",
-    )
-    b.add_argument("--rss-rate", type=int, default=2_500, help="events/s of the RSS run")
-    b.add_argument("--rss-only", action="store_true", help="only the RSS run")
-    b.set_defaults(func=_bench)
-    return p
+    \b
+    First steps (a broker and Redis reachable, see `attribution settings show`):
+      attribution topics create
+      attribution settings put my-project.json
+      attribution worker
+    """
 
 
 def _config() -> Any:
     from attribution.infra.config import load_config
+    from attribution.infra.logging import configure_logging
 
     config = load_config()
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     return config
 
 
-def _worker(args: argparse.Namespace) -> int:
+@cli.command(
+    epilog=ENV_HELP
+    + "\n\nSIGTERM or SIGINT: finish the batch in hand, publish tallies, commit and leave the group. "
+    "Exit codes: 0 stopped, 1 failure (LostState: run `attribution rebuild`), 2 bad setting."
+)
+def worker() -> None:
+    """Run a worker (a consumer group member) until SIGTERM/SIGINT.
+
+    \b
+    Examples:
+      KAFKA_BOOTSTRAP_SERVERS=broker:9092 REDIS_URL=redis://redis:6379/0 attribution worker
+      ATTRIBUTION_LOG_FORMAT=json ATTRIBUTION_METRICS_PORT=9464 attribution worker
+    """
     from attribution.runtime.worker import Worker
 
-    worker = Worker(_config())
+    running = Worker(_config())
 
     def stop(signum: int, frame: FrameType | None) -> None:
         logging.getLogger("attribution").info("signal %d: finishing the batch in hand", signum)
-        worker.stop()
+        running.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    worker.run()
-    return 0
+    running.run()
 
 
-def _topics_create(args: argparse.Namespace) -> int:
+@cli.group(context_settings=CONTEXT)
+def topics() -> None:
+    """Manage the engine's Kafka topics."""
+
+
+@topics.command(
+    "create",
+    epilog="Example:\n\n\b\n  ATTRIBUTION_REPLICATION_FACTOR=3 attribution topics create --partitions 24",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    show_default="ATTRIBUTION_PARTITIONS",
+    help="Partitions of the input and output topics (settings has one).",
+)
+def topics_create(partitions: int | None) -> None:
+    """Create every topic (idempotent): inputs co-partitioned, settings and tallies compacted.
+
+    An existing topic is left as it is; one whose partition count differs is reported."""
     from attribution.runtime.kafka_io import create_topics
 
-    for topic, status in create_topics(_config(), args.partitions).items():
-        print(f"{topic}: {status}")
-    return 0
+    for topic, status in create_topics(_config(), partitions).items():
+        click.echo(f"{topic}: {status}")
+        if status.startswith("exists with"):
+            click.echo(
+                f"attribution: warning: {topic} {status.removeprefix('exists ')}; the count of an "
+                "existing topic is not changed (inputs must stay co-partitioned)",
+                err=True,
+            )
 
 
-def _read_settings(files: list[Path]) -> list[Any]:
+@cli.group(context_settings=CONTEXT)
+def settings() -> None:
+    """Project settings (conversion events) and the worker's own settings."""
+
+
+FILES = click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+
+
+def _read_settings(files: tuple[Path, ...]) -> list[tuple[Path, Any]]:
+    """(file, validated ProjectSettings) for every document; errors name the file (and the document)."""
     from attribution import contract
     from attribution.core.rules import parse_settings
     from attribution.infra.config import load_config
@@ -144,89 +151,164 @@ def _read_settings(files: list[Path]) -> list[Any]:
             raw = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise BadSettings(str(path), f"cannot read JSON: {exc}") from None
-        for doc in raw if isinstance(raw, list) else [raw]:
+        many = isinstance(raw, list)
+        for i, doc in enumerate(raw if many else [raw]):
+            where = f"{path} (document {i + 1})" if many else str(path)
             try:
                 contract.validator("settings")(doc)
+                docs.append((path, parse_settings(doc, limit)))
+            except BadSettings as exc:
+                raise BadSettings(where, str(exc)) from None
             except AttributionError as exc:
-                raise BadSettings(str(path), str(exc)) from None
-            docs.append(parse_settings(doc, limit))
+                raise BadSettings(where, str(exc)) from None
     return docs
 
 
-def _settings_validate(args: argparse.Namespace) -> int:
-    for doc in _read_settings(args.files):
-        print(f"{doc.project_id} v{doc.version}: {len(doc.conversion_events)} conversion events ok")
-    return 0
+@settings.command(
+    "validate", epilog="Example:\n\n\b\n  attribution settings validate shop-kr.json shop-us.json"
+)
+@FILES
+def settings_validate(files: tuple[Path, ...]) -> None:
+    """Check settings documents (a JSON object, or a list of them) without publishing them."""
+    for path, doc in _read_settings(files):
+        click.echo(
+            f"{path}: {doc.project_id} v{doc.version}: {len(doc.conversion_events)} conversion events ok"
+        )
 
 
-def _settings_put(args: argparse.Namespace) -> int:
-    from attribution.runtime.kafka_io import put_settings
+@settings.command("put", epilog="Example:\n\n\b\n  attribution settings put shop-kr.json")
+@FILES
+def settings_put(files: tuple[Path, ...]) -> None:
+    """Validate settings documents and publish them to the settings topic.
 
-    docs = _read_settings(args.files)
-    put_settings(_config(), docs)
-    for doc in docs:
-        print(f"{doc.project_id} v{doc.version}: published")
-    return 0
+    A version that is not newer than the published one is refused (re-publishing the same version
+    with the same content is a no-op), so the compacted topic never rolls a project back."""
+    from attribution.runtime.settings_sync import publish
+
+    docs = _read_settings(files)
+    config = _config()
+    try:
+        status = publish(config, [doc for _, doc in docs])
+    except BadSettings as exc:
+        path = next((str(p) for p, d in docs if exc.field == f"{d.project_id} version"), "settings")
+        raise BadSettings(path, f"{exc.field} {exc.reason}") from None
+    for name, what in status.items():
+        click.echo(f"{name}: {what}")
 
 
-def _tally(args: argparse.Namespace) -> int:
-    from attribution.core.rules import SettingsBook
+@settings.command(
+    "show", epilog="Example:\n\n\b\n  REDIS_URL=rediss://app:pw@redis:6380/0 attribution settings show"
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per setting instead of a table.")
+def settings_show(as_json: bool) -> None:
+    """Print every worker setting: its value, where it came from and its default (secrets masked)."""
+    from attribution.infra.config import load_config
+    from attribution.infra.settings_view import rows, table
+
+    found = rows(load_config(), os.environ)
+    if as_json:
+        for row in found:
+            click.echo(orjson.dumps(row._asdict()).decode())
+    else:
+        click.echo(table(found))
+
+
+@cli.command(epilog="Example:\n\n\b\n  attribution tally shop-kr spring-sale")
+@click.argument("project")
+@click.argument("campaign")
+def tally(project: str, campaign: str) -> None:
+    """Print the current tally of a campaign, read from Redis (no broker needed)."""
+    from attribution.core.rules import SettingsBook, parse_settings
     from attribution.core.tally import snapshot
-    from attribution.runtime.kafka_io import SettingsFeed
     from attribution.state.keys import Keys
     from attribution.state.redis_store import RedisStore
 
     config = _config()
     keys = Keys(config.redis_prefix)
     store = RedisStore.from_url(config.redis_url.get_secret_value(), keys, config.tally_ttl_ms)
-    fields = store.counters([keys.campaign(args.project, args.campaign)])[0]
-    if not fields:
-        print(f"attribution: no tally for {args.project}:{args.campaign}", file=sys.stderr)
-        return 1
-    book = SettingsBook()
-    feed = SettingsFeed(config, book)
     try:
-        feed.load_all()
+        fields = store.counters([keys.campaign(project, campaign)])[0]
+        book = SettingsBook(parse_settings(orjson.loads(d)) for d in store.settings_documents())
     finally:
-        feed.close()
-    snap = snapshot(args.project, args.campaign, fields, book.get(args.project))
-    print(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
-    return 0
-
-
-def _rebuild(args: argparse.Namespace) -> int:
-    from attribution.runtime.rebuild import rebuild
-
-    if not args.yes:
-        print(
-            "attribution: rebuild deletes every key under ATTRIBUTION_REDIS_PREFIX; pass --yes",
-            file=sys.stderr,
+        store.close()
+    if not fields:
+        raise AttributionError(
+            f"no tally for {project}:{campaign} under ATTRIBUTION_REDIS_PREFIX={keys.prefix}"
         )
-        return 2
-    print(orjson.dumps(rebuild(_config(), args.since, args.force)).decode())
-    return 0
+    snap = snapshot(project, campaign, fields, book.get(project))
+    click.echo(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
 
 
-def _demo(args: argparse.Namespace) -> int:
+@cli.command(epilog="Example:\n\n\b\n  attribution rebuild --yes --from earliest")
+@click.option(
+    "--from",
+    "since",
+    type=click.Choice(["earliest", "window"]),
+    default="earliest",
+    help="earliest: every retained record (exact with full retention); window: now - longest "
+    "conversion window - grace (faster; tallies then count only the replayed events).",
+)
+@click.option("--yes", is_flag=True, help="Confirm: every key under ATTRIBUTION_REDIS_PREFIX is deleted.")
+@click.option("--force", is_flag=True, help="Run although the consumer group still lists members.")
+def rebuild(since: str, yes: bool, force: bool) -> None:
+    """After Redis lost its data (LostState): wipe the prefix and replay the inputs into a new
+    state generation. Stop every worker first."""
+    from attribution.runtime.rebuild import rebuild as run_rebuild
+
+    if not yes:
+        raise click.UsageError("rebuild deletes every key under ATTRIBUTION_REDIS_PREFIX; pass --yes")
+    click.echo(orjson.dumps(run_rebuild(_config(), since, force)).decode())
+
+
+@cli.command(epilog="`make run` runs this. Example:\n\n\b\n  attribution demo --rate 500 --duration 60")
+@click.option("--rate", type=click.IntRange(1), default=300, help="Demo input events per second.")
+@click.option(
+    "--duration", type=click.FloatRange(0), default=0, help="Stop after this many seconds (0: Ctrl-C)."
+)
+@click.option("--partitions", type=click.IntRange(1), default=4, help="Partitions of the demo topics.")
+def demo(rate: int, duration: float, partitions: int) -> None:
+    """Embedded broker and Redis (unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set), topics,
+    demo settings, a worker, demo traffic and live tallies."""
     from attribution.devkit.demo import run_demo
 
-    return run_demo(rate=args.rate, duration_s=args.duration, partitions=args.partitions)
+    code = run_demo(rate=rate, duration_s=duration, partitions=partitions)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
-def _bench(args: argparse.Namespace) -> int:
+@cli.command(
+    epilog="`make bench` runs this. Quick run:\n\n\b\n  attribution bench --scale 0.1 --latency-seconds 5"
+)
+@click.option(
+    "--scale", type=click.FloatRange(0, min_open=True), default=1.0, help="Backlog size; 1.0 = 1M sends."
+)
+@click.option("--latency-rate", type=click.IntRange(1), default=20_000, help="Events/s of the latency load.")
+@click.option(
+    "--latency-seconds", type=click.FloatRange(0), default=30.0, help="Duration of the latency load."
+)
+@click.option("--naive-events", type=click.IntRange(1), default=20_000, help="Events of the naive baseline.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-results.json"))
+@click.option(
+    "--rss-seconds", type=click.FloatRange(0), default=0, help="Also sample a worker's RSS this long."
+)
+@click.option("--rss-rate", type=click.IntRange(1), default=2_500, help="Events/s of the RSS run.")
+@click.option("--rss-only", is_flag=True, help="Only the RSS run (needs --rss-seconds).")
+def bench(
+    scale: float,
+    latency_rate: int,
+    latency_seconds: float,
+    naive_events: int,
+    out: Path,
+    rss_seconds: float,
+    rss_rate: int,
+    rss_only: bool,
+) -> None:
+    """Throughput, latency and memory in one run; writes bench-results.json."""
     from attribution.devkit.bench import run_bench
 
-    if args.rss_only and not args.rss_seconds:
-        raise SystemExit("--rss-only needs --rss-seconds")
-    run_bench(
-        args.scale,
-        args.latency_rate,
-        args.latency_seconds,
-        args.naive_events,
-        args.out,
-        rss=(args.rss_seconds, args.rss_rate, args.rss_only),
-    )
-    return 0
+    if rss_only and not rss_seconds:
+        raise click.UsageError("--rss-only needs --rss-seconds")
+    run_bench(scale, latency_rate, latency_seconds, naive_events, out, rss=(rss_seconds, rss_rate, rss_only))
 
 
 if __name__ == "__main__":

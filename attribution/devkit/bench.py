@@ -26,7 +26,8 @@ from attribution.devkit.demo import services
 from attribution.devkit.traffic import Traffic
 from attribution.engine.processor import EngineConfig, Processor, Record
 from attribution.infra.config import Config, load_config
-from attribution.runtime.kafka_io import create_topics, put_settings
+from attribution.runtime.kafka_io import create_topics
+from attribution.runtime.settings_sync import publish
 from attribution.runtime.worker import Worker
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
@@ -46,7 +47,7 @@ def _fresh(base: Config, **extra: Any) -> Config:
         }
     )
     create_topics(config, config.partitions)
-    put_settings(config, [parse_settings(SETTINGS)])
+    publish(config, [parse_settings(SETTINGS)])
     return config
 
 

@@ -20,7 +20,8 @@ from attribution.core.rules import parse_settings
 from attribution.devkit import embedded
 from attribution.devkit.traffic import DEMO_SETTINGS, Traffic
 from attribution.infra.config import load_config
-from attribution.runtime.kafka_io import create_topics, put_settings
+from attribution.runtime.kafka_io import create_topics
+from attribution.runtime.settings_sync import publish
 
 
 @contextlib.contextmanager
@@ -52,7 +53,7 @@ def run_demo(rate: int, duration_s: float, partitions: int) -> int:
         config = load_config()
         for topic, status in create_topics(config, partitions).items():
             print(f"topic {topic}: {status}")
-        put_settings(config, [parse_settings(DEMO_SETTINGS)])
+        publish(config, [parse_settings(DEMO_SETTINGS)])
         print(f"demo settings loaded for project {DEMO_SETTINGS['project_id']}")
         worker = subprocess.Popen([sys.executable, "-m", "attribution.cli", "worker"], env={**os.environ})
         stop = threading.Event()

@@ -1,27 +1,46 @@
-"""Kafka plumbing shared by the CLI and the worker: clients, topics, the settings feed."""
+"""Kafka plumbing shared by the CLI and the worker: clients, the broker probe, topics.
+
+librdkafka's own log lines (one per failed connection attempt, hundreds a minute while a broker is
+down) go to the ``attribution.librdkafka`` logger at DEBUG: the engine reports what matters itself,
+in one line that names the setting (``probe``, the worker's outage warnings).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import msgspec
-import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
 from attribution.contract.topics import INPUTS, TOPICS
-from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
-from attribution.errors import AttributionError, BadSettings
+from attribution.errors import AttributionError, BadSettings, MissingTopics, Unavailable
 from attribution.infra.config import Config, kafka_env_name
 
 log = logging.getLogger(__name__)
+PROBE_S = 5.0  # how long a command waits for the broker before saying it does not answer
 
+
+class _LibrdkafkaLog:
+    """librdkafka's log lines, behind the log level: everything at DEBUG on one logger."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("attribution.librdkafka")
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self.logger.debug(msg, *args)
+
+
+def _error_cb(err: KafkaError) -> None:
+    # transport errors are retried by librdkafka; the worker and the probe report outages themselves
+    log.debug("librdkafka: %s", err.str())
+
+
+_QUIET = {"logger": _LibrdkafkaLog(), "error_cb": _error_cb}
 
 C = TypeVar("C")
 
@@ -29,7 +48,7 @@ C = TypeVar("C")
 def _client(cls: Callable[[dict[str, Any]], C], conf: dict[str, Any]) -> C:
     """Build a client; a configuration librdkafka refuses is a BadSettings naming the KAFKA_* variable."""
     try:
-        return cls(conf)
+        return cls({**_QUIET, **conf})
     except (KafkaException, ValueError, TypeError) as exc:
         text = str(exc)
         match = re.search(r'property:? "?([a-z0-9._]+)', text)
@@ -38,6 +57,17 @@ def _client(cls: Callable[[dict[str, Any]], C], conf: dict[str, Any]) -> C:
 
 def admin(config: Config) -> AdminClient:
     return _client(AdminClient, config.kafka())
+
+
+def probe(config: Config, timeout_s: float = PROBE_S) -> ClusterMetadata:
+    """The cluster's metadata; Unavailable naming KAFKA_BOOTSTRAP_SERVERS when no broker answers."""
+    try:
+        return admin(config).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise Unavailable(
+            f"no Kafka broker answers at KAFKA_BOOTSTRAP_SERVERS={config.kafka_bootstrap_servers} "
+            f"within {timeout_s:.0f} s ({exc.args[0].str()})"
+        ) from None
 
 
 #: How long the broker may hold a fetch that has no data yet (librdkafka's default: 500 ms). Kafka
@@ -72,8 +102,10 @@ def producer(config: Config, **extra: Any) -> Producer:
 
 def create_topics(config: Config, partitions: int | None = None, timeout_s: float = 30.0) -> dict[str, str]:
     """Create every topic the engine uses, idempotently: inputs share one partition count (co-partitioning),
-    settings and tallies are compacted. Returns topic -> "created" | "exists"."""
+    settings and tallies are compacted. Returns topic -> "created" | "exists" | "exists with N
+    partitions, not M" (an existing topic's partition count is never changed)."""
     n = partitions or config.partitions
+    metadata = probe(config)
     wanted = []
     for t in TOPICS:
         topic_conf = {"cleanup.policy": "compact"} if t.compacted else {}
@@ -89,22 +121,31 @@ def create_topics(config: Config, partitions: int | None = None, timeout_s: floa
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise AttributionError(f"cannot create topic {topic}: {exc.args[0].str()}") from None
             result[topic] = "exists"
+    counts = {t.topic: t.num_partitions for t in wanted}
+    for topic, status in result.items():
+        existing = metadata.topics.get(topic)
+        if status == "exists" and existing is not None and len(existing.partitions) != counts[topic]:
+            result[topic] = f"exists with {len(existing.partitions)} partitions, not {counts[topic]}"
     return result
 
 
-def check_copartitioned(config: Config, timeout_s: float = 15.0) -> int:
-    """The input topics must exist with one partition count; returns it or raises BadSettings."""
-    client = admin(config)
-    metadata = client.list_topics(timeout=timeout_s)
+def check_copartitioned(config: Config, timeout_s: float = PROBE_S) -> int:
+    """The input topics must exist with one partition count; returns it. MissingTopics when one of
+    them does not exist, BadSettings when the counts differ."""
+    metadata = probe(config, timeout_s)
     counts: dict[str, int] = {}
+    missing = []
     for kind in INPUTS:
         topic = metadata.topics.get(config.topic(kind))
         if topic is None or topic.error is not None:
-            raise BadSettings(
-                "ATTRIBUTION_TOPIC_PREFIX",
-                f"input topic {config.topic(kind)} does not exist (run `attribution topics create`)",
-            )
-        counts[config.topic(kind)] = len(topic.partitions)
+            missing.append(config.topic(kind))
+        else:
+            counts[config.topic(kind)] = len(topic.partitions)
+    if missing:
+        raise MissingTopics(
+            f"topics {', '.join(missing)} do not exist on the broker at KAFKA_BOOTSTRAP_SERVERS="
+            f"{config.kafka_bootstrap_servers}: run `attribution topics create`"
+        )
     if len(set(counts.values())) != 1:
         raise BadSettings(
             "topics",
@@ -118,72 +159,3 @@ def has_committed(consumer: Consumer, config: Config, partitions: int, timeout_s
     """Whether the consumer group committed an offset on any input partition (it consumed before)."""
     tps = [TopicPartition(config.topic(kind), p) for kind in INPUTS for p in range(partitions)]
     return any(tp.offset >= 0 for tp in consumer.committed(tps, timeout=timeout_s))
-
-
-class SettingsFeed:
-    """Reads the compacted settings topic from the beginning, then follows it; no consumer group."""
-
-    def __init__(self, config: Config, book: SettingsBook) -> None:
-        self.config = config
-        self.book = book
-        self.rejected: list[tuple[int, str]] = []
-        self.consumer = consumer(
-            config,
-            {
-                "group.id": f"{config.group_id}-settings-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-            },
-        )
-        topic = config.topic("settings")
-        metadata = self.consumer.list_topics(topic, timeout=15)
-        partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
-        if not partitions:
-            raise BadSettings("ATTRIBUTION_TOPIC_PREFIX", f"settings topic {topic} does not exist")
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        self._eof: set[int] = set()
-        self._partitions = set(partitions)
-
-    def load_all(self, timeout_s: float = 30.0) -> None:
-        """Block until every settings partition has been read to its end once."""
-        deadline = time.monotonic() + timeout_s
-        while self._eof != self._partitions:
-            if time.monotonic() > deadline:
-                raise AttributionError(f"settings topic not read to its end within {timeout_s:.0f} s")
-            self.poll(0.2)
-
-    def poll(self, timeout_s: float = 0.0) -> list[ProjectSettings]:
-        """Apply whatever settings records arrived; returns the ones that changed the book."""
-        changed = []
-        for msg in self.consumer.consume(1000, timeout_s):
-            err = msg.error()
-            if err is not None:
-                if err.code() == -191:  # _PARTITION_EOF
-                    self._eof.add(msg.partition() or 0)
-                    continue
-                raise AttributionError(f"settings topic: {err.str()}")
-            value = msg.value()
-            if value is None:
-                continue
-            try:
-                settings = parse_settings(orjson.loads(value), self.config.max_conversion_events)
-            except (BadSettings, orjson.JSONDecodeError) as exc:
-                self.rejected.append((msg.offset() or 0, str(exc)))
-                log.error("settings record at offset %s refused: %s", msg.offset(), exc)
-                continue
-            if self.book.put(settings):
-                changed.append(settings)
-        return changed
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def put_settings(config: Config, documents: Iterable[ProjectSettings]) -> None:
-    """Publish validated settings documents, keyed by project."""
-    p = producer(config)
-    for doc in documents:
-        p.produce(config.topic("settings"), key=doc.project_id.encode(), value=msgspec.json.encode(doc))
-    if p.flush(30) != 0:
-        raise AttributionError("settings not delivered within 30 s")

@@ -16,10 +16,9 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from attribution.contract.topics import INPUTS
-from attribution.core.rules import SettingsBook
 from attribution.errors import AttributionError
 from attribution.infra.config import Config
-from attribution.runtime import kafka_io
+from attribution.runtime import kafka_io, settings_sync
 from attribution.runtime.worker import Worker
 from attribution.state.generation import new_generation
 from attribution.state.keys import Keys
@@ -44,11 +43,7 @@ def start_offsets(config: Config, since: str, partitions: int) -> dict[tuple[str
     tps = [(config.topic(kind), p) for kind in INPUTS for p in range(partitions)]
     if since == "earliest":
         return {tp: OFFSET_BEGINNING for tp in tps}
-    feed = kafka_io.SettingsFeed(config, book := SettingsBook())
-    try:
-        feed.load_all()
-    finally:
-        feed.close()
+    book = settings_sync.published(config)
     windows = [
         ev.window_ms for project in book.projects() if (s := book.get(project)) for ev in s.conversion_events
     ]

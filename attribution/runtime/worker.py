@@ -10,34 +10,41 @@ its state generation (``attribution.state.generation``) and stops with LostState
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from itertools import pairwise
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from redis.backoff import ExponentialWithJitterBackoff
 
 from attribution.contract.topics import INPUTS
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.engine.tally_feed import TallyFeed
-from attribution.errors import AttributionError
+from attribution.errors import AttributionError, BadSettings, Unavailable
 from attribution.infra.config import Config
 from attribution.infra.http import OpsServer
 from attribution.infra.metrics import Metrics
 from attribution.runtime import kafka_io
 from attribution.runtime.align import Aligner
+from attribution.runtime.kafka_io import PROBE_S
 from attribution.runtime.outputs import Outputs
+from attribution.runtime.settings_sync import SettingsFeed
+from attribution.runtime.telemetry import export_lag, record_batch
 from attribution.state import generation
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0
+# after a Redis error: 0.5 s, 1 s, 2 s ... up to 30 s between attempts, with jitter
+REDIS_BACKOFF = ExponentialWithJitterBackoff(cap=30.0, base=0.5)
 GC_YOUNG_THRESHOLD = 50_000  # CPython's default is 700 allocations
 
 
@@ -72,7 +79,8 @@ class Worker:
         self.tally_feed = TallyFeed(self.store, self.keys, self.book)
         self.kinds = {config.topic(kind): kind for kind in INPUTS}
         self.assigned: set[tuple[str, int]] = set()
-        self.ready = False
+        self.started = False  # settings loaded, subscribed: the loop runs
+        self.joined = False  # an assignment is in force (False from a revocation to the next one)
         self.batches = 0
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
@@ -88,12 +96,20 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.config
+        server = self._serve()  # first: a port in use is refused before anything else starts
+        try:
+            self._run(cfg)
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _run(self, cfg: Config) -> None:
         partitions = self.input_partitions = kafka_io.check_copartitioned(cfg)
         try:
             self.store.client.ping()
-        except Exception as exc:
-            raise AttributionError(f"Redis at REDIS_URL does not answer: {exc}") from exc
-        settings = kafka_io.SettingsFeed(cfg, self.book)
+        except redis.RedisError as exc:
+            raise Unavailable(f"Redis at REDIS_URL does not answer: {exc}") from None
+        settings = SettingsFeed(cfg, self.book, self.store)
         settings.load_all()
         self._export_settings()
         outputs = Outputs(cfg, self._stop.is_set)
@@ -118,34 +134,41 @@ class Worker:
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        server = self._serve()
         _tune_gc()
-        self.ready = True
+        self.started = True
         next_tally = time.monotonic()
         next_lag = time.monotonic() + LAG_EVERY_S
         next_check = time.monotonic() + cfg.state_check_ms / 1000
+        failures = 0
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
                 self._last_loop = time.monotonic()
+                self.metrics.ready.set(self._ready()[0])
                 if self.refused is not None:
                     break
                 if self.generation is None:  # exclusive start: nothing to do before it
                     continue
-                changed = settings.poll(0)
-                if changed:
-                    self._settings_changed(changed)
-                self._handle(messages, consumer, outputs)
-                now = time.monotonic()
-                if now >= next_tally:
-                    self._publish_tallies(outputs)
-                    next_tally = now + cfg.tally_interval_ms / 1000
+                try:
+                    changed = settings.poll(0)
+                    if changed:
+                        self._settings_changed(changed)
+                    self._handle(messages, consumer, outputs)
+                    now = time.monotonic()
+                    if now >= next_tally:
+                        self._publish_tallies(outputs)
+                        next_tally = now + cfg.tally_interval_ms / 1000
+                    if now >= next_check:
+                        generation.verify(self.store, self.generation)
+                        next_check = now + cfg.state_check_ms / 1000
+                    failures = 0
+                except redis.RedisError as exc:
+                    failures += 1
+                    self._redis_failed(exc, consumer, outputs, REDIS_BACKOFF.compute(failures))
+                    continue
                 if now >= next_lag:
-                    self._export_lag(consumer)
+                    export_lag(self.metrics, consumer, self.assigned)
                     next_lag = now + LAG_EVERY_S
-                if now >= next_check and self.generation is not None:
-                    generation.verify(self.store, self.generation)
-                    next_check = now + cfg.state_check_ms / 1000
                 if self.until_end and self._at_end():
                     log.info("every input partition processed to its end")
                     break
@@ -153,15 +176,45 @@ class Worker:
                 raise self.refused
             self._publish_tallies(outputs)
         finally:
-            self.ready = False
+            self.started = False
+            self.metrics.ready.set(0)
             outputs.abort()
             outputs.producer.flush(10)
             consumer.close()
             settings.close()
             self.store.close()
-            if server is not None:
-                server.stop()
             log.info("worker stopped after %d batches", self.batches)
+
+    def _redis_failed(
+        self, exc: redis.RedisError, consumer: Consumer, outputs: Outputs, wait_s: float
+    ) -> None:
+        """Redis failed inside a batch (connection, timeout, OOM, READONLY...). Nothing of the batch
+        was committed: forget what is buffered, go back to the last committed offsets and read
+        again after ``wait_s`` (a torn state write is recovered by the next load, as after a crash)."""
+        self.metrics.redis_errors.labels(type(exc).__name__).inc()
+        log.warning(
+            "Redis error (%s: %s); re-reading from the last commit in %.1f s", type(exc).__name__, exc, wait_s
+        )
+        outputs.abort()
+        tps = sorted(self.assigned)
+        self.aligner.revoke(set(tps))
+        self.aligner.assign(set(tps))
+        self.processor.ledger.forget(sorted({p for _, p in tps}))
+        self.committed.clear()
+        try:
+            if tps:
+                committed = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=PROBE_S)
+                for tp in committed:
+                    tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    consumer.seek(tp)
+        except KafkaException as failed:
+            raise AttributionError(
+                f"cannot go back to the last commit after a Redis error: {failed}"
+            ) from None
+        if self.paused:
+            consumer.resume([TopicPartition(t, p) for t, p in self.paused])
+            self.paused.clear()
+        self._stop.wait(wait_s)
 
     def _handle(self, messages: list[Message], consumer: Consumer, outputs: Outputs) -> None:
         """Decode what arrived, process what the aligner releases, publish, then commit."""
@@ -199,7 +252,7 @@ class Worker:
         self.committed.update(offsets)
         committed = time.perf_counter()
         self.batches += 1
-        self._record(result, len(released), started, parsed, processed, produced, committed)
+        record_batch(self.metrics, result, len(released), started, parsed, processed, produced, committed)
         self._backpressure(consumer)
 
     def _backpressure(self, consumer: Consumer) -> None:
@@ -259,6 +312,7 @@ class Worker:
                 tp.offset = self.start_offsets.get((tp.topic, tp.partition), tp.offset)
             consumer.assign(partitions)
         self.assigned |= tps
+        self.joined = True
         self.aligner.assign(tps)
         # librdkafka remembers a pause across revoke/assign; our backpressure starts afresh
         consumer.resume(partitions)
@@ -271,50 +325,16 @@ class Worker:
         # flight here: the next owner starts exactly after our last commit.
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned -= tps
+        self.joined = False
         self.aligner.revoke(tps)  # buffered, never processed nor committed: the next owner reads them
         self.processor.ledger.forget(sorted({p for _, p in tps}))
         self.paused -= tps
-        for tp in tps:
-            self.committed.pop(tp, None)
+        for topic, partition in tps:
+            self.committed.pop((topic, partition), None)
+            with contextlib.suppress(KeyError):  # another member reports its lag now
+                self.metrics.lag.remove(topic, str(partition))
         self.metrics.rebalances.labels("revoke").inc()
         self.metrics.assigned.set(len(self.assigned))
-
-    def _record(self, result: BatchResult, n: int, *stamps: float) -> None:
-        m = self.metrics
-        for stage, (a, b) in zip(("parse", "process", "produce", "commit"), pairwise(stamps), strict=True):
-            m.batch_seconds.labels(stage).observe(b - a)
-        m.batch_seconds.labels("total").observe(stamps[-1] - stamps[0])
-        m.batch_size.observe(n)
-        for op, seconds in result.redis_seconds.items():
-            m.redis_seconds.labels(op).observe(seconds)
-        for (topic, outcome), count in result.outcomes.items():
-            m.events.labels(topic, outcome).inc(count)
-        for d in result.dead_letters:
-            m.dlq.labels(d.topic).inc()
-        for c in result.conversions:
-            m.conversions.labels(c.event, c.basis).inc()
-        for event, count in result.amount_missing.items():
-            m.amount_missing.labels(event).inc(count)
-        m.conflicts.inc(result.conflicts)
-        m.recovered.inc(result.recovered)
-
-    def _export_lag(self, consumer: Consumer) -> None:
-        """Lag from the high watermark librdkafka caches from every fetch: no broker round trip."""
-        assigned = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
-        if not assigned:
-            return
-        try:
-            positions = consumer.position(assigned)
-        except KafkaException as exc:  # lag is best effort: never stop the worker for it
-            log.debug("positions unknown: %s", exc)
-            return
-        for tp in positions:
-            try:
-                _, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if tp.offset >= 0 and high >= 0:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
     def _settings_changed(self, changed: list[ProjectSettings]) -> None:
         """New settings may change a campaign's primary basis and rate: republish the project's tallies."""
@@ -331,15 +351,20 @@ class Worker:
                 self.metrics.settings_version.labels(project).set(s.version)
 
     def _serve(self) -> OpsServer | None:
-        if not self.config.metrics_port:
+        cfg = self.config
+        if not cfg.metrics_port:
             return None
-        return OpsServer(
-            self.config.metrics_host,
-            self.config.metrics_port,
-            self.metrics.registry,
-            self._healthy,
-            self._ready,
-        ).start()
+        try:
+            server = OpsServer(
+                cfg.metrics_host, cfg.metrics_port, self.metrics.registry, self._healthy, self._ready
+            )
+        except OSError as exc:
+            raise BadSettings(
+                "ATTRIBUTION_METRICS_PORT",
+                f"cannot listen on {cfg.metrics_host}:{cfg.metrics_port} ({exc.strerror}); "
+                "pick a free port, or 0 to serve no metrics",
+            ) from None
+        return server.start()
 
     def _healthy(self) -> tuple[bool, dict[str, object]]:
         stalled_s = time.monotonic() - self._last_loop
@@ -348,7 +373,10 @@ class Worker:
         }
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
-        return self.ready, {"assigned_partitions": len(self.assigned), "projects": self.book.projects()}
+        """Ready means consuming: settings loaded, state generation checked, and the group joined
+        (an assignment received, which may be empty when there are more workers than partitions)."""
+        ready = self.started and self.joined and self.generation is not None
+        return ready, {"joined": self.joined, "assigned_partitions": len(self.assigned)}
 
 
 def _tune_gc() -> None:

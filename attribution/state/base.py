@@ -119,6 +119,14 @@ class Store(Protocol):
 
     def touch_project(self, project_key: str, now_ms: int) -> int: ...
 
+    def save_settings(self, project_id: str, version: int, document: bytes) -> bool:
+        """Keep ``document`` as the project's settings unless this version or a newer one is kept."""
+        ...
+
+    def settings_documents(self) -> list[bytes]:
+        """Every kept settings document (JSON), one per project."""
+        ...
+
     def generation(self) -> Generation: ...
 
     def init_generation(self, value: str) -> str:

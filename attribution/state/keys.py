@@ -29,6 +29,9 @@ key                                         type    contents
                                                     newest version
 ``<prefix>:appended:{tally}``               hash    member -> ``<offset>:<version>`` of its last record
                                                     on the tallies topic (same slot as the dirty set)
+``<prefix>:settings:{settings}``            hash    project id -> ``<version>|<JSON settings>``: the
+                                                    newest settings a worker put in force (a compacted
+                                                    settings topic may keep only an older record)
 ``<prefix>:gen``, ``<prefix>:gen:{<tag>}``  string  the state generation (one marker per hash slot on a
                                                     cluster): missing markers mean lost state
 ==========================================  ======  ====================================================
@@ -83,6 +86,10 @@ class Keys:
     def generation_marker(self, tag: str) -> str:
         """The marker stored in the hash slot of ``tag`` (one per slot on a Redis Cluster)."""
         return f"{self.prefix}:gen:{{{tag}}}"
+
+    @property
+    def settings(self) -> str:
+        return f"{self.prefix}:settings:{{settings}}"
 
     @property
     def dirty(self) -> str:

@@ -27,6 +27,7 @@ class MemoryStore:
         self.appended: dict[str, tuple[int, int, int]] = {}
         self.projects: dict[str, set[tuple[str, str]]] = {}
         self.markers: str | None = None
+        self.settings: dict[str, tuple[int, bytes]] = {}
 
     def load(self, user_keys: Sequence[str], partitions: Sequence[int]) -> Loaded:
         users: dict[str, tuple[bytes | None, str | None]] = {}
@@ -136,6 +137,16 @@ class MemoryStore:
                 self.dirty_members[member] = max(version, self.dirty_members.get(member, version))
                 marked += 1
         return marked
+
+    def save_settings(self, project_id: str, version: int, document: bytes) -> bool:
+        kept = self.settings.get(project_id)
+        if kept is not None and kept[0] >= version:
+            return False
+        self.settings[project_id] = (version, document)
+        return True
+
+    def settings_documents(self) -> list[bytes]:
+        return [doc for _, doc in self.settings.values()]
 
     def generation(self) -> Generation:
         return Generation(frozenset([self.markers]), 1)

@@ -13,7 +13,7 @@ from attribution.core.money import fmt
 from attribution.state.base import CounterWrite, Generation, Journal, Loaded, OpenBatch, UserWrite
 from attribution.state.keys import Keys
 from attribution.state.router import Call, Client, Router, close, connect
-from attribution.state.scripts import COUNTERS, JOURNAL, LOAD, SETTLE, TALLY_ACK, TOUCH, USERS
+from attribution.state.scripts import COUNTERS, JOURNAL, LOAD, SETTINGS, SETTLE, TALLY_ACK, TOUCH, USERS
 
 
 class RedisStore:
@@ -161,6 +161,14 @@ class RedisStore:
         if versions:
             self.client.zadd(self.keys.dirty, versions, gt=True)
         return len(versions)
+
+    def save_settings(self, project_id: str, version: int, document: bytes) -> bool:
+        call = Call(SETTINGS, [self.keys.settings], [project_id, version, document])
+        return bool(int(self.router.run([call])[0]))
+
+    def settings_documents(self) -> list[bytes]:
+        values = cast(list[bytes], self.client.hvals(self.keys.settings))
+        return [v.split(b"|", 1)[1] for v in values]
 
     # -- generation ---------------------------------------------------------------------------------
 

@@ -523,3 +523,16 @@ def test_a_slot_being_resharded_is_followed_with_asking(store: RedisStore, keys:
         pipe.execute()
         for conn in (src, dst):
             conn.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_kept_settings_only_move_forward(store: RedisStore, kind: str) -> None:
+    """A worker never goes back to an older settings version: Redis (and its twin) keep the newest."""
+    kept: RedisStore | MemoryStore = store if kind == "redis" else MemoryStore()
+    assert kept.save_settings("shop|1", 3, b'{"version":3}')
+    assert not kept.save_settings("shop|1", 2, b'{"version":2}')
+    assert not kept.save_settings("shop|1", 3, b'{"version":3,"again":1}')
+    assert kept.save_settings("other", 1, b'{"version":1}')
+    assert sorted(kept.settings_documents()) == [b'{"version":1}', b'{"version":3}']
+    assert kept.save_settings("shop|1", 10, b'{"version":10}')
+    assert sorted(kept.settings_documents()) == [b'{"version":10}', b'{"version":1}']

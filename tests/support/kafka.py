@@ -20,7 +20,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
 from attribution.infra.config import Config, load_config
-from attribution.runtime.kafka_io import create_topics, put_settings
+from attribution.runtime.kafka_io import create_topics
+from attribution.runtime.settings_sync import publish
 from attribution.runtime.worker import Worker
 from tests.support.harness import kind
 
@@ -75,7 +76,7 @@ class Engine:
         self.producer = Producer(self.config.kafka({"enable.idempotence": True, "linger.ms": 5}))
 
     def put_settings(self, *settings: ProjectSettings) -> None:
-        put_settings(self.config, settings)
+        publish(self.config, settings)
 
     def produce(self, events: Iterable[Event]) -> int:
         n = 0

@@ -32,6 +32,10 @@ class Proxy:
     def cut(self) -> None:
         with self._lock:
             if self._server is not None:
+                # close() alone does not wake a thread blocked in accept(): the listener would
+                # go on accepting. shutdown() does (accept fails with EINVAL).
+                with contextlib.suppress(OSError):
+                    self._server.shutdown(socket.SHUT_RDWR)
                 self._server.close()
                 self._server = None
             for c in self._conns:

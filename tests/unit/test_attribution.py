@@ -175,7 +175,8 @@ def test_bad_records_go_to_the_dlq_and_the_rest_is_applied() -> None:
     assert "not JSON" in run.dead[0]["error"]
     assert "event_id" in run.dead[1]["error"]
     assert "over the 65536-byte limit" in run.dead[2]["error"]
-    assert "not the user key" in run.dead[3]["error"]
+    assert "not the event's user key" in run.dead[3]["error"]
+    assert "someone-else" not in run.dead[3]["error"]  # the record carries the key; the reason does not
     assert run.tally(PROJECT, "c1")["sends"] == 1
 
 

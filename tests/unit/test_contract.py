@@ -8,8 +8,12 @@ import msgspec
 import pytest
 
 from attribution import contract
-from attribution.contract.topics import NAMES, spec
+from attribution.contract.topics import NAMES, Role, spec
+from attribution.core.rules import SettingsBook
+from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.errors import BadInput
+from attribution.state.keys import Keys
+from attribution.state.memory import MemoryStore
 from tests.support.examples import TOPICS_DIR, examples
 
 INPUTS = ("sends", "clicks", "goals", "settings")
@@ -121,3 +125,21 @@ def test_struct_fields_are_the_schema_properties(name: str) -> None:
     assert isinstance(info, msgspec.inspect.StructType)
     assert {f.encode_name for f in info.fields} == set(doc["properties"]), name
     assert {f.encode_name for f in info.fields if f.required} == set(doc["required"]), name
+
+
+def _source(dead_letter: Any) -> str:
+    return str(dead_letter["topic"]).rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("file", "doc"), [(f, d) for f, d in examples("dlq") if spec(_source(d)).role is Role.INPUT]
+)
+def test_dlq_examples_are_what_the_engine_writes(file: str, doc: Any) -> None:
+    """Each DLQ example of an input topic is the record the engine writes for its raw value."""
+    kind = _source(doc)
+    processor = Processor(MemoryStore(), Keys("x"), SettingsBook(), EngineConfig())
+    result = BatchResult()
+    key = doc["key"].encode() if doc["key"] is not None else None
+    record = Record(kind, doc["topic"], doc["partition"], doc["offset"], key, doc["raw"].encode())
+    assert processor.decode(record, result) is None
+    assert msgspec.to_builtins(result.dead_letters[0]) == doc

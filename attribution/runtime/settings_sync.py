@@ -1,0 +1,155 @@
+"""Project settings on their way in: the compacted settings topic, and the newest version kept in Redis.
+
+A compacted topic keeps only the last record per project, so an older version published after a
+newer one (by mistake, or by an old deploy job) could be all that a restarting worker finds. Two
+guards make settings move forward only:
+
+- ``publish`` reads the topic first and refuses a version that is not newer than the published one
+  (the same version with the same content is accepted as already published: deploy jobs re-run);
+- the worker keeps the settings it puts in force in Redis (``state/lua/settings.lua``, newest
+  version wins) and, at start, takes the newer of the topic's and Redis' version of each project.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import msgspec
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
+from attribution.errors import AttributionError, BadSettings, MissingTopics
+from attribution.infra.config import Config
+from attribution.runtime import kafka_io
+from attribution.state.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class SettingsFeed:
+    """Reads the compacted settings topic from the beginning, then follows it; no consumer group.
+
+    With a ``store``, settings found in Redis join the book at ``load_all`` (a newer version there
+    wins), and every version put in force is kept there."""
+
+    def __init__(self, config: Config, book: SettingsBook, store: Store | None = None) -> None:
+        self.config = config
+        self.book = book
+        self.store = store
+        self.rejected: list[tuple[int, str]] = []
+        topic = config.topic("settings")
+        metadata = kafka_io.probe(config)
+        partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
+        if not partitions:
+            raise MissingTopics(f"the settings topic {topic} does not exist: run `attribution topics create`")
+        self.consumer = kafka_io.consumer(
+            config,
+            {
+                "group.id": f"{config.group_id}-settings-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            },
+        )
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._eof: set[int] = set()
+        self._partitions = set(partitions)
+
+    def load_all(self, timeout_s: float = 30.0) -> None:
+        """Block until every settings partition has been read to its end once; then merge Redis'."""
+        deadline = time.monotonic() + timeout_s
+        while self._eof != self._partitions:
+            if time.monotonic() > deadline:
+                raise AttributionError(f"settings topic not read to its end within {timeout_s:.0f} s")
+            self.poll(0.2)
+        if self.store is None:
+            return
+        for document in self.store.settings_documents():
+            kept = parse_settings(orjson.loads(document), self.config.max_conversion_events)
+            if self.book.put(kept):
+                log.info(
+                    "settings v%d of %s kept in Redis are newer than the topic's",
+                    kept.version,
+                    kept.project_id,
+                )
+        self._keep(self.book.get(p) for p in self.book.projects())
+
+    def poll(self, timeout_s: float = 0.0) -> list[ProjectSettings]:
+        """Apply whatever settings records arrived; returns the ones that changed the book."""
+        changed = []
+        for msg in self.consumer.consume(1000, timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.code() == -191:  # _PARTITION_EOF
+                    self._eof.add(msg.partition() or 0)
+                    continue
+                raise AttributionError(f"settings topic: {err.str()}")
+            value = msg.value()
+            if value is None:
+                continue
+            try:
+                settings = parse_settings(orjson.loads(value), self.config.max_conversion_events)
+            except (BadSettings, orjson.JSONDecodeError) as exc:
+                self.rejected.append((msg.offset() or 0, str(exc)))
+                log.error("settings record at offset %s refused: %s", msg.offset(), exc)
+                continue
+            if self.book.put(settings):
+                changed.append(settings)
+        if changed and self._eof == self._partitions:
+            self._keep(changed)
+        return changed
+
+    def _keep(self, settings: Iterable[ProjectSettings | None]) -> None:
+        if self.store is None:
+            return
+        for s in settings:
+            if s is not None:
+                self.store.save_settings(s.project_id, s.version, msgspec.json.encode(s))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def published(config: Config) -> SettingsBook:
+    """The newest settings of every project on the settings topic."""
+    feed = SettingsFeed(config, book := SettingsBook())
+    try:
+        feed.load_all()
+    finally:
+        feed.close()
+    return book
+
+
+def publish(config: Config, documents: Sequence[ProjectSettings]) -> dict[str, str]:
+    """Publish validated settings, keyed by project; returns ``project vN`` -> published | unchanged.
+
+    Raises BadSettings, naming both versions, for a version that is not newer than the one on the
+    topic (the same version with other content included)."""
+    book = published(config)
+    status: dict[str, str] = {}
+    to_send: list[ProjectSettings] = []
+    for doc in documents:
+        known = book.get(doc.project_id)
+        name = f"{doc.project_id} v{doc.version}"
+        if known is not None and known.version == doc.version and known == doc:
+            status[name] = "unchanged (already published)"
+            continue
+        if known is not None and known.version >= doc.version:
+            raise BadSettings(
+                f"{doc.project_id} version",
+                f"v{doc.version} is not newer than v{known.version}, which is already published; "
+                f"publish v{known.version + 1} or later (a worker never goes back to an older version)",
+            )
+        book.put(doc)
+        to_send.append(doc)
+        status[name] = "published"
+    p = kafka_io.producer(config)
+    for doc in to_send:
+        p.produce(config.topic("settings"), key=doc.project_id.encode(), value=msgspec.json.encode(doc))
+    if p.flush(30) != 0:
+        raise AttributionError("settings not delivered within 30 s")
+    return status

@@ -1,0 +1,54 @@
+"""What a batch and the consumer tell Prometheus: stage times, outcomes, lag."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from itertools import pairwise
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from attribution.engine.processor import BatchResult
+from attribution.infra.metrics import Metrics
+
+log = logging.getLogger(__name__)
+STAGES = ("parse", "process", "produce", "commit")
+
+
+def record_batch(m: Metrics, result: BatchResult, n: int, *stamps: float) -> None:
+    """Count one batch: ``stamps`` are the perf_counter times at the start and after each stage."""
+    for stage, (a, b) in zip(STAGES, pairwise(stamps), strict=True):
+        m.batch_seconds.labels(stage).observe(b - a)
+    m.batch_seconds.labels("total").observe(stamps[-1] - stamps[0])
+    m.batch_size.observe(n)
+    for op, seconds in result.redis_seconds.items():
+        m.redis_seconds.labels(op).observe(seconds)
+    for (topic, outcome), count in result.outcomes.items():
+        m.events.labels(topic, outcome).inc(count)
+    for d in result.dead_letters:
+        m.dlq.labels(d.topic).inc()
+    for c in result.conversions:
+        m.conversions.labels(c.event, c.basis).inc()
+    for event, count in result.amount_missing.items():
+        m.amount_missing.labels(event).inc(count)
+    m.conflicts.inc(result.conflicts)
+    m.recovered.inc(result.recovered)
+
+
+def export_lag(m: Metrics, consumer: Consumer, owned: Iterable[tuple[str, int]]) -> None:
+    """Lag from the high watermark librdkafka caches from every fetch: no broker round trip."""
+    assigned = [TopicPartition(t, p) for t, p in sorted(owned)]
+    if not assigned:
+        return
+    try:
+        positions = consumer.position(assigned)
+    except KafkaException as exc:  # lag is best effort: never stop the worker for it
+        log.debug("positions unknown: %s", exc)
+        return
+    for tp in positions:
+        try:
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if tp.offset >= 0 and high >= 0:
+            m.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
