@@ -5,6 +5,7 @@ Commands import what they need when they run, so ``attribution --help`` stays fa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,9 +16,11 @@ from typing import Any
 
 import click
 import orjson
+from redis.exceptions import RedisError
 
 from attribution import __version__
 from attribution.errors import AttributionError, BadSettings
+from attribution.infra.config import mask_url
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 ENV_HELP = (
@@ -45,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except AttributionError as exc:
         click.echo(f"attribution: {exc}", err=True)
+        return 1
+    except RedisError as exc:  # one that no layer below turned into an AttributionError
+        click.echo(
+            f"attribution: Redis at REDIS_URL failed ({type(exc).__name__}: {mask_url(str(exc))})", err=True
+        )
         return 1
     return 0
 
@@ -228,7 +236,10 @@ def tally(project: str, campaign: str) -> None:
     store = RedisStore.from_url(config.redis_url.get_secret_value(), keys, config.tally_ttl_ms)
     try:
         fields = store.counters([keys.campaign(project, campaign)])[0]
-        book = SettingsBook(parse_settings(orjson.loads(d)) for d in store.settings_documents())
+        book = SettingsBook()
+        for document in store.settings_documents():
+            with contextlib.suppress(BadSettings, orjson.JSONDecodeError):  # then the rate uses defaults
+                book.put(parse_settings(orjson.loads(document), config.max_conversion_events))
     finally:
         store.close()
     if not fields:

@@ -1,6 +1,6 @@
 """One batch of input records -> decoded events -> per-user attribution -> one atomic state write.
 
-Runtimes (the confluent-kafka worker, the faust app) hand records in and publish what comes out;
+Runtimes (the confluent-kafka worker in ``attribution.runtime``) hand records in and publish what comes out;
 they decide nothing about attribution. This module knows no Kafka client and no Redis command.
 """
 

@@ -79,7 +79,7 @@ class Config(BaseSettings):
         try:
             redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
-            raise ValueError(f"not a Redis URL ({_without_password(str(exc))})") from None
+            raise ValueError(f"not a Redis URL ({mask_url(str(exc))})") from None
         path = urlsplit(url).path.strip("/")
         if path and not path.isdigit():  # redis-py would quietly use database 0
             raise ValueError(f"the path must be a database number such as /0, got /{path}")
@@ -127,9 +127,26 @@ def kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
 OTHER_SETTINGS: frozenset[str] = frozenset()
 
 
-def _without_password(text: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host`` in a message about a URL."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+MASK = "***"
+_SECRET_WORDS = r"pass|secret|token|key|private|jaas|credential"  # noqa: S105 - names, not a secret
+
+
+def mask_url(text: str) -> str:
+    """A URL (or a message about one) without secrets: the password of ``user:password@`` and the
+    values of query options that name one (``ssl_password=``, ``password=``...) become ``***``."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", rf"\1{MASK}@", text)
+    return re.sub(rf"([?&][^=&\s]*(?:{_SECRET_WORDS})[^=&\s]*=)[^&\s]*", rf"\1{MASK}", text, flags=re.I)
+
+
+def is_secret_property(prop: str) -> bool:
+    """Whether librdkafka property ``prop`` carries a credential (masked wherever it is shown)."""
+    return re.search(_SECRET_WORDS, prop, flags=re.I) is not None
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets Config field ``field``."""
+    aliases = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}
+    return aliases.get(field, f"ATTRIBUTION_{field.upper()}")
 
 
 def _check_names(environ: Mapping[str, str]) -> None:
@@ -150,8 +167,6 @@ def load_config(**overrides: Any) -> Config:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]).lower() if first["loc"] else "settings"
-        env = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}.get(
-            field, f"ATTRIBUTION_{field.upper()}"
-        )
+        env = env_name(field)
         shown = "" if field == "redis_url" else f" (got {first.get('input')!r})"  # may hold a password
         raise BadSettings(env, f"{first['msg']}{shown}") from None

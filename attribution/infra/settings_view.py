@@ -6,19 +6,21 @@ stay visible, they are what an operator checks), and librdkafka properties that 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from attribution.infra.config import Config, kafka_passthrough
-
-MASK = "***"
-#: librdkafka properties (or parts of their names) that carry credentials
-_SECRET_PROPERTY = re.compile(r"password|secret|token|jaas|ssl\.key\.pem|sasl\.oauthbearer\.config")
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+from attribution.infra.config import (
+    MASK,
+    Config,
+    env_name,
+    is_secret_property,
+    kafka_env_name,
+    kafka_passthrough,
+    mask_url,
+)
 
 
 class SettingRow(NamedTuple):
@@ -26,17 +28,6 @@ class SettingRow(NamedTuple):
     value: str
     source: str  # "environment" or "default"
     default: str
-
-
-def mask_url(url: str) -> str:
-    """``rediss://user:secret@host:6379/0`` -> ``rediss://user:***@host:6379/0``."""
-    return _URL_PASSWORD.sub(rf"\1{MASK}@", url)
-
-
-def env_name(field: str) -> str:
-    """The environment variable that sets Config field ``field``."""
-    aliases = {"kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "redis_url": "REDIS_URL"}
-    return aliases.get(field, f"ATTRIBUTION_{field.upper()}")
 
 
 def _shown(field: str, value: Any) -> str:
@@ -71,8 +62,8 @@ def rows(config: Config, environ: Mapping[str, str]) -> list[SettingRow]:
             )
         )
     for prop, value in sorted(kafka_passthrough(environ).items()):
-        name = "KAFKA_" + prop.replace("_", "__").replace(".", "_").upper()
-        shown = MASK if _SECRET_PROPERTY.search(prop) else value
+        name = kafka_env_name(prop)
+        shown = MASK if is_secret_property(prop) else value
         out.append(SettingRow(name, shown, "environment", f"(librdkafka {prop})"))
     return out
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 PROBE_S = 5.0  # how long a command waits for the broker before saying it does not answer
 
 
+_last_error: list[str] = []  # the newest warning librdkafka logged, for the probe's message
+
+
 class _LibrdkafkaLog:
     """librdkafka's log lines, behind the log level: everything at DEBUG on one logger."""
 
@@ -33,6 +36,9 @@ class _LibrdkafkaLog:
 
     def log(self, level: int, msg: str, *args: object) -> None:
         self.logger.debug(msg, *args)
+        if level >= logging.WARNING:  # the newest says why a broker did not answer (TLS, SASL...)
+            # "FAIL [rdkafka#producer-1] [thrd:host:9092/bootstrap]: host:9092/bootstrap: <why>"
+            _last_error[:] = [re.sub(r"^.*?\[thrd:[^\]]*\]: \S+: ", "", msg % args if args else msg)]
 
 
 def _error_cb(err: KafkaError) -> None:
@@ -61,12 +67,16 @@ def admin(config: Config) -> AdminClient:
 
 def probe(config: Config, timeout_s: float = PROBE_S) -> ClusterMetadata:
     """The cluster's metadata; Unavailable naming KAFKA_BOOTSTRAP_SERVERS when no broker answers."""
+    _last_error.clear()
+    client = admin(config)
     try:
-        return admin(config).list_topics(timeout=timeout_s)
+        return client.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        client.poll(0.1)  # serves librdkafka's queued log lines: the newest says why
+        cause = "; ".join([exc.args[0].str(), *_last_error])
         raise Unavailable(
             f"no Kafka broker answers at KAFKA_BOOTSTRAP_SERVERS={config.kafka_bootstrap_servers} "
-            f"within {timeout_s:.0f} s ({exc.args[0].str()})"
+            f"within {timeout_s:.0f} s ({cause})"
         ) from None
 
 
@@ -159,3 +169,16 @@ def has_committed(consumer: Consumer, config: Config, partitions: int, timeout_s
     """Whether the consumer group committed an offset on any input partition (it consumed before)."""
     tps = [TopicPartition(config.topic(kind), p) for kind in INPUTS for p in range(partitions)]
     return any(tp.offset >= 0 for tp in consumer.committed(tps, timeout=timeout_s))
+
+
+def restart_points(
+    consumer: Consumer, tps: list[tuple[str, int]], known: Mapping[tuple[str, int], int]
+) -> list[TopicPartition]:
+    """Where each partition's unprocessed records start: ``known`` (the worker's own last commit,
+    or the start offset it was given, such as a rebuild's replay) else the group's committed offset,
+    else the beginning."""
+    points = {tp: known.get(tp) for tp in tps}
+    unknown = [TopicPartition(t, p) for (t, p), o in points.items() if o is None]
+    for tp in consumer.committed(unknown, timeout=PROBE_S) if unknown else []:
+        points[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+    return [TopicPartition(t, p, o) for (t, p), o in points.items() if o is not None]

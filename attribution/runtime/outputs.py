@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from attribution.engine.processor import BatchResult
+from attribution.engine.tally_feed import TallyFeed
 from attribution.errors import AttributionError
 from attribution.infra.config import Config
 from attribution.runtime import kafka_io
@@ -41,6 +43,7 @@ class Outputs:
             extra["transactional.id"] = f"{config.group_id}-{tid}"
         self.producer = kafka_io.producer(config, **extra)
         self.transactional = config.exactly_once
+        self.in_transaction = False
         if self.transactional:
             self.producer.init_transactions(30)
 
@@ -73,6 +76,29 @@ class Outputs:
     def begin(self) -> None:
         if self.transactional:
             self.producer.begin_transaction()
+            self.in_transaction = True
+
+    def publish_tallies(self, feed: TallyFeed, topic: str) -> int:
+        """Publish the snapshots of the dirty campaigns (see TallyFeed); returns how many."""
+        flushed = False
+
+        def publish(member: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+            def delivered(err: Any, msg: Any) -> None:
+                if err is None:
+                    on_offset(msg.offset() or 0)
+
+            self.produce(topic, member.encode(), orjson.dumps(snap), delivered)
+
+        def flush() -> None:
+            nonlocal flushed
+            self.commit_outputs()
+            flushed = True
+
+        self.begin()
+        count = feed.publish_dirty(publish, flush)
+        if not flushed:
+            self.abort()
+        return count
 
     def send_batch(self, result: BatchResult) -> None:
         cfg = self.config
@@ -105,12 +131,14 @@ class Outputs:
             if offsets and group is not None:
                 self.producer.send_offsets_to_transaction(offsets, group(), 30)
             self.producer.commit_transaction(60)
+            self.in_transaction = False
         except KafkaException as exc:
             self.abort()
             raise AttributionError(f"transaction not committed: {exc.args[0].str()}") from None
 
     def abort(self) -> None:
-        if self.transactional:
+        if self.in_transaction:
+            self.in_transaction = False
             try:
                 self.producer.abort_transaction(30)
             except KafkaException as exc:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
 from attribution.errors import AttributionError, BadSettings, MissingTopics
@@ -34,13 +34,16 @@ class SettingsFeed:
     """Reads the compacted settings topic from the beginning, then follows it; no consumer group.
 
     With a ``store``, settings found in Redis join the book at ``load_all`` (a newer version there
-    wins), and every version put in force is kept there."""
+    wins), and the caller keeps every version it puts in force there (``keep``). ``pending`` holds
+    the changes ``poll`` found until the caller has taken them in, so that a Redis error while doing
+    so loses none."""
 
     def __init__(self, config: Config, book: SettingsBook, store: Store | None = None) -> None:
         self.config = config
         self.book = book
         self.store = store
         self.rejected: list[tuple[int, str]] = []
+        self.pending: list[ProjectSettings] = []
         topic = config.topic("settings")
         metadata = kafka_io.probe(config)
         partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
@@ -69,14 +72,19 @@ class SettingsFeed:
         if self.store is None:
             return
         for document in self.store.settings_documents():
-            kept = parse_settings(orjson.loads(document), self.config.max_conversion_events)
+            try:
+                kept = parse_settings(orjson.loads(document), self.config.max_conversion_events)
+            except (BadSettings, orjson.JSONDecodeError) as exc:
+                log.warning("settings kept in Redis refused (the topic's version stands): %s", exc)
+                continue
             if self.book.put(kept):
                 log.info(
                     "settings v%d of %s kept in Redis are newer than the topic's",
                     kept.version,
                     kept.project_id,
                 )
-        self._keep(self.book.get(p) for p in self.book.projects())
+        self.keep_all()
+        self.pending = []
 
     def poll(self, timeout_s: float = 0.0) -> list[ProjectSettings]:
         """Apply whatever settings records arrived; returns the ones that changed the book."""
@@ -84,7 +92,7 @@ class SettingsFeed:
         for msg in self.consumer.consume(1000, timeout_s):
             err = msg.error()
             if err is not None:
-                if err.code() == -191:  # _PARTITION_EOF
+                if err.code() == KafkaError._PARTITION_EOF:
                     self._eof.add(msg.partition() or 0)
                     continue
                 raise AttributionError(f"settings topic: {err.str()}")
@@ -99,16 +107,20 @@ class SettingsFeed:
                 continue
             if self.book.put(settings):
                 changed.append(settings)
-        if changed and self._eof == self._partitions:
-            self._keep(changed)
+        self.pending += changed
         return changed
 
-    def _keep(self, settings: Iterable[ProjectSettings | None]) -> None:
+    def keep(self, settings: Iterable[ProjectSettings | None]) -> None:
+        """Keep these settings in Redis (a newer version kept there stays)."""
         if self.store is None:
             return
         for s in settings:
             if s is not None:
                 self.store.save_settings(s.project_id, s.version, msgspec.json.encode(s))
+
+    def keep_all(self) -> None:
+        """Keep every project's settings in force (again, after a rebuild wiped the state)."""
+        self.keep(self.book.get(p) for p in self.book.projects())
 
     def close(self) -> None:
         self.consumer.close()

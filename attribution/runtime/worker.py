@@ -16,11 +16,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from redis.backoff import ExponentialWithJitterBackoff
 
 from attribution.contract.topics import INPUTS
@@ -33,7 +31,6 @@ from attribution.infra.http import OpsServer
 from attribution.infra.metrics import Metrics
 from attribution.runtime import kafka_io
 from attribution.runtime.align import Aligner
-from attribution.runtime.kafka_io import PROBE_S
 from attribution.runtime.outputs import Outputs
 from attribution.runtime.settings_sync import SettingsFeed
 from attribution.runtime.telemetry import export_lag, record_batch
@@ -43,7 +40,7 @@ from attribution.state.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0
-# after a Redis error: 0.5 s, 1 s, 2 s ... up to 30 s between attempts, with jitter
+# after the n-th Redis error in a row: a wait drawn between 0 and min(30, 0.5 * 2**n) s (full jitter)
 REDIS_BACKOFF = ExponentialWithJitterBackoff(cap=30.0, base=0.5)
 GC_YOUNG_THRESHOLD = 50_000  # CPython's default is 700 allocations
 
@@ -81,6 +78,7 @@ class Worker:
         self.assigned: set[tuple[str, int]] = set()
         self.started = False  # settings loaded, subscribed: the loop runs
         self.joined = False  # an assignment is in force (False from a revocation to the next one)
+        self.redis_failing = False  # the last batch failed on Redis: it is retried with backoff
         self.batches = 0
         self._stop = threading.Event()
         self._last_loop = time.monotonic()
@@ -96,7 +94,7 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.config
-        server = self._serve()  # first: a port in use is refused before anything else starts
+        server = self._serve()  # before the broker and Redis checks: a port in use is refused at once
         try:
             self._run(cfg)
         finally:
@@ -105,12 +103,12 @@ class Worker:
 
     def _run(self, cfg: Config) -> None:
         partitions = self.input_partitions = kafka_io.check_copartitioned(cfg)
-        try:
-            self.store.client.ping()
-        except redis.RedisError as exc:
-            raise Unavailable(f"Redis at REDIS_URL does not answer: {exc}") from None
         settings = SettingsFeed(cfg, self.book, self.store)
-        settings.load_all()
+        try:
+            settings.load_all()
+        except redis.RedisError as exc:
+            settings.close()
+            raise _unavailable(exc) from None
         self._export_settings()
         outputs = Outputs(cfg, self._stop.is_set)
         consumer = kafka_io.consumer(
@@ -127,9 +125,16 @@ class Worker:
             },
         )
         if self.exclusive_start is None:
-            self.generation = generation.establish(
-                self.store, lambda: kafka_io.has_committed(consumer, cfg, partitions)
-            )
+            try:
+                self.generation = generation.establish(
+                    self.store, lambda: kafka_io.has_committed(consumer, cfg, partitions)
+                )
+            except redis.RedisError as exc:
+                consumer.close()
+                settings.close()
+                raise Unavailable(
+                    f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})"
+                ) from None
             log.info("state generation %s", self.generation)
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -140,6 +145,7 @@ class Worker:
         next_lag = time.monotonic() + LAG_EVERY_S
         next_check = time.monotonic() + cfg.state_check_ms / 1000
         failures = 0
+        settings_kept = False
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
@@ -150,9 +156,14 @@ class Worker:
                 if self.generation is None:  # exclusive start: nothing to do before it
                     continue
                 try:
-                    changed = settings.poll(0)
-                    if changed:
-                        self._settings_changed(changed)
+                    if not settings_kept:  # in this generation (a rebuild starts a new one)
+                        settings.keep_all()
+                        settings_kept = True
+                    settings.poll(0)
+                    if settings.pending:  # kept until taken in, even across a Redis error
+                        self._settings_changed(settings.pending)
+                        settings.keep(settings.pending)
+                        settings.pending = []
                     self._handle(messages, consumer, outputs)
                     now = time.monotonic()
                     if now >= next_tally:
@@ -162,8 +173,12 @@ class Worker:
                         generation.verify(self.store, self.generation)
                         next_check = now + cfg.state_check_ms / 1000
                     failures = 0
+                    self.redis_failing = False
+                except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                    raise BadSettings("REDIS_URL", f"Redis refused the worker: {exc}") from None
                 except redis.RedisError as exc:
                     failures += 1
+                    self.redis_failing = True
                     self._redis_failed(exc, consumer, outputs, REDIS_BACKOFF.compute(failures))
                     continue
                 if now >= next_lag:
@@ -174,7 +189,10 @@ class Worker:
                     break
             if self.refused is not None:
                 raise self.refused
-            self._publish_tallies(outputs)
+            try:
+                self._publish_tallies(outputs)
+            except redis.RedisError as exc:  # the dirty marks stay: the next publisher sends them
+                log.warning("tallies not published at stop (Redis: %s)", exc)
         finally:
             self.started = False
             self.metrics.ready.set(0)
@@ -200,13 +218,10 @@ class Worker:
         self.aligner.revoke(set(tps))
         self.aligner.assign(set(tps))
         self.processor.ledger.forget(sorted({p for _, p in tps}))
-        self.committed.clear()
         try:
-            if tps:
-                committed = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=PROBE_S)
-                for tp in committed:
-                    tp.offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                    consumer.seek(tp)
+            given = self.start_offsets or {}
+            for tp in kafka_io.restart_points(consumer, tps, {**given, **self.committed}):
+                consumer.seek(tp)
         except KafkaException as failed:
             raise AttributionError(
                 f"cannot go back to the last commit after a Redis error: {failed}"
@@ -270,26 +285,7 @@ class Worker:
             self.paused -= to_resume
 
     def _publish_tallies(self, outputs: Outputs) -> None:
-        topic = self.config.topic("tallies")
-        flushed = False
-
-        def publish(member: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
-            def delivered(err: KafkaError | None, msg: Message) -> None:
-                if err is None:
-                    on_offset(msg.offset() or 0)
-
-            outputs.produce(topic, member.encode(), orjson.dumps(snap), delivered)
-
-        def flush() -> None:
-            nonlocal flushed
-            outputs.commit_outputs()
-            flushed = True
-
-        outputs.begin()
-        count = self.tally_feed.publish_dirty(publish, flush)
-        if not flushed:
-            outputs.abort()
-        self.metrics.tallies.inc(count)
+        self.metrics.tallies.inc(outputs.publish_tallies(self.tally_feed, self.config.topic("tallies")))
 
     # -- callbacks and metrics -----------------------------------------------------------------------
 
@@ -375,8 +371,12 @@ class Worker:
     def _ready(self) -> tuple[bool, dict[str, object]]:
         """Ready means consuming: settings loaded, state generation checked, and the group joined
         (an assignment received, which may be empty when there are more workers than partitions)."""
-        ready = self.started and self.joined and self.generation is not None
+        ready = self.started and self.joined and self.generation is not None and not self.redis_failing
         return ready, {"joined": self.joined, "assigned_partitions": len(self.assigned)}
+
+
+def _unavailable(exc: redis.RedisError) -> Unavailable:
+    return Unavailable(f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})")
 
 
 def _tune_gc() -> None:

@@ -9,10 +9,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from attribution.devkit import embedded
+from attribution.engine.processor import Processor
 from attribution.errors import AttributionError, LostState
 from attribution.runtime.rebuild import rebuild
 from attribution.state.keys import Keys
@@ -149,4 +152,38 @@ def test_exactly_once_mode_survives_a_kill_with_exact_outputs(kafka_bootstrap: s
         code = final.wait(60)
         engine.close()
     assert code == 0, Path(engine.logs[-1]).read_text()[-2000:]
+    assert_exact(events, SHORT_WINDOWS, tallies, convs)
+
+
+def test_a_redis_error_during_rebuild_replays_from_the_start_not_the_old_commits(
+    kafka_bootstrap: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild replays from its own start offsets. A Redis error before its first commit must go
+    back there, not to the group's committed offsets (the old workers': the end of the topics)."""
+    config = engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8])
+    engine = Engine(config)
+    engine.put_settings(SHORT_WINDOWS)
+    events = scenario(int(time.time() * 1000) - 2 * HOUR, 5 * 60_000, 1000, 4, seed=3)
+    engine.produce(events)
+    worker = engine.worker_thread()
+    consumed_everything(engine)
+    worker.stop()
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+
+    failed: list[int] = []
+    real_apply = Processor.apply
+
+    def apply_once_failing(self: Processor, located: Any, *args: Any) -> Any:
+        if located and not failed:  # fault injection: the first batch of the replay
+            failed.append(len(located))
+            raise redis.ConnectionError("injected: connection reset by peer")
+        return real_apply(self, located, *args)
+
+    monkeypatch.setattr(Processor, "apply", apply_once_failing)
+    try:
+        summary = rebuild(config, "earliest", force=True)
+        assert failed and int(str(summary["batches"])) > 0
+        settled(engine, redis_url, tallies, convs)
+    finally:
+        engine.close()
     assert_exact(events, SHORT_WINDOWS, tallies, convs)

@@ -5,6 +5,7 @@ topics, partition counts, a Redis outage."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -201,10 +202,11 @@ def test_readyz_waits_for_the_group_join_and_lists_no_project(engine: Engine) ->
         worker.stop()
 
 
-def test_worker_survives_a_redis_outage_and_stays_exact(kafka_bootstrap: str, redis_url: str) -> None:
-    upstream = urlsplit(redis_url)
-    proxy = Proxy((upstream.hostname or "127.0.0.1", upstream.port or 6379))
-    config = engine_config(kafka_bootstrap, f"redis://127.0.0.1:{proxy.port}/0", uuid.uuid4().hex[:8])
+def test_worker_survives_a_redis_outage_and_stays_exact(
+    kafka_bootstrap: str, redis_url: str, proxied_redis: tuple[str, Proxy]
+) -> None:
+    url, proxy = proxied_redis
+    config = engine_config(kafka_bootstrap, url, uuid.uuid4().hex[:8])
     engine = Engine(config)
     engine.put_settings(SHORT_WINDOWS)
     events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=8)
@@ -226,7 +228,6 @@ def test_worker_survives_a_redis_outage_and_stays_exact(kafka_bootstrap: str, re
     finally:
         worker.stop()
         engine.close()
-        proxy.cut()
     assert_exact(events, SHORT_WINDOWS, tallies, convs)
 
 
@@ -239,3 +240,64 @@ def _redis_errors(metrics: Any) -> float:
             if s.name == "attribution_redis_errors_total"
         )
     )
+
+
+@pytest.fixture
+def proxied_redis(redis_url: str) -> Iterator[tuple[str, Proxy]]:
+    """REDIS_URL through a proxy that can cut the worker off Redis."""
+    upstream = urlsplit(redis_url)
+    proxy = Proxy((upstream.hostname or "127.0.0.1", upstream.port or 6379))
+    yield f"redis://127.0.0.1:{proxy.port}/0", proxy
+    proxy.cut()
+
+
+def test_a_settings_change_during_a_redis_outage_is_taken_in_once_redis_is_back(
+    kafka_bootstrap: str, redis_url: str, proxied_redis: tuple[str, Proxy]
+) -> None:
+    url, proxy = proxied_redis
+    engine = Engine(engine_config(kafka_bootstrap, url, uuid.uuid4().hex[:8]))
+    engine.put_settings(settings())
+    worker = engine.worker_thread()
+    try:
+        _wait(lambda: worker.worker.started and worker.worker.joined, "the worker running")
+        proxy.cut()
+        _wait(lambda: _redis_errors(worker.worker.metrics) >= 1, "a Redis error")
+        engine.put_settings(msgspec.structs.replace(settings(), version=2))
+        _wait(lambda: _redis_errors(worker.worker.metrics) >= 3, "more attempts during the outage")
+        proxy.restore()
+        metrics = worker.worker.metrics
+        _wait(lambda: metrics.settings_version.labels(PROJECT)._value.get() == 2, "v2 exported")
+        kept = worker.worker.store.settings_documents()
+        assert [orjson.loads(d)["version"] for d in kept] == [2]
+    finally:
+        worker.stop()
+        engine.close()
+
+
+def test_sigterm_during_a_redis_outage_stops_cleanly(
+    kafka_bootstrap: str, proxied_redis: tuple[str, Proxy]
+) -> None:
+    url, proxy = proxied_redis
+    engine = Engine(engine_config(kafka_bootstrap, url, uuid.uuid4().hex[:8], metrics_port=_free_port()))
+    engine.put_settings(settings())
+    process = engine.worker_process()
+    try:
+        port = engine.config.metrics_port
+        _wait(lambda: _ready(port), "the worker ready", 60)
+        proxy.cut()
+        _wait(lambda: not _ready(port), "the worker not ready while Redis is away", 30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        engine.close()
+    log = Path(engine.logs[-1]).read_text()
+    assert "Traceback" not in log and "tallies not published at stop" in log
+
+
+def _ready(port: int) -> bool:
+    try:
+        return _get(port, "/readyz")[0] == 200
+    except OSError:
+        return False

@@ -75,8 +75,9 @@ def test_settings_errors_name_the_file_and_the_document(
 def test_settings_show_lists_every_setting_with_source_and_default_and_masks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("REDIS_URL", "rediss://app:s3cret-redis@redis.internal:6380/2")
+    monkeypatch.setenv("REDIS_URL", "rediss://app:s3cret-redis@redis.internal:6380/2?ssl_password=s3cret-key")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret-kafka")
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_PASSPHRASE", "s3cret-passphrase")
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "attribution")
     monkeypatch.setenv("ATTRIBUTION_GRACE_MS", "5000")
     assert main(["settings", "show", "--json"]) == 0
@@ -85,7 +86,7 @@ def test_settings_show_lists_every_setting_with_source_and_default_and_masks_sec
     rows = {r["name"]: r for r in map(orjson.loads, out.splitlines())}
     assert rows["REDIS_URL"] == {
         "name": "REDIS_URL",
-        "value": "rediss://app:***@redis.internal:6380/2",
+        "value": "rediss://app:***@redis.internal:6380/2?ssl_password=***",
         "source": "environment",
         "default": "redis://127.0.0.1:6379/0",
     }
