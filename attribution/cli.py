@@ -106,6 +106,22 @@ def worker() -> None:
     running.run()
 
 
+@cli.command(
+    epilog="Settings: ATTRIBUTION_API_PORT (8080), ATTRIBUTION_API_HOST, ATTRIBUTION_API_TOKEN (optional "
+    "bearer token), ATTRIBUTION_API_CONVERSIONS, plus KAFKA_* and ATTRIBUTION_TOPIC_PREFIX like the worker. "
+    "It needs no Redis.\n\n\b\nExample:\n  ATTRIBUTION_API_PORT=8080 attribution serve\n"
+    "  curl localhost:8080/v1/projects/shop-kr/campaigns"
+)
+def serve() -> None:
+    """Serve the tallies and conversions over HTTP, with a live campaign page at /.
+
+    Reads the compacted tallies topic (and the conversions topic) into memory from the beginning;
+    /readyz is 200 once it has caught up. SIGTERM/SIGINT: finish the requests in flight, stop."""
+    from attribution.api.server import serve as run_server
+
+    run_server(_config())
+
+
 @cli.group(context_settings=CONTEXT)
 def topics() -> None:
     """Manage the engine's Kafka topics."""

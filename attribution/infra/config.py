@@ -53,6 +53,13 @@ class Config(BaseSettings):
     session_timeout_ms: int = Field(45_000, ge=1_000)
     metrics_port: int = Field(9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint is meant to be scraped
+    # `attribution serve`: the tallies API and the live page
+    api_port: int = Field(8080, ge=1, le=65535)
+    api_host: str = "0.0.0.0"  # noqa: S104 - an API server is meant to be reached
+    # optional bearer token for /v1/* (and the page's data); compared in constant time
+    api_token: SecretStr | None = Field(None, min_length=16)
+    # also keep every conversion record (GET /v1/projects/{p}/conversions/{id}); ~0.5 KB each
+    api_conversions: bool = True
     partitions: int = Field(12, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=10)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -12,12 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "attribution"
 
 #: package -> packages it must never import (directly or by a lazy import inside a function)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "core": ("state", "engine", "runtime", "infra", "devkit", "contract", "cli"),
-    "contract": ("state", "engine", "runtime", "infra", "devkit", "cli"),
-    "state": ("engine", "runtime", "infra", "devkit", "cli"),
-    "engine": ("runtime", "infra", "devkit", "cli"),
-    "infra": ("engine", "runtime", "devkit", "cli"),
-    "runtime": ("devkit", "cli"),
+    "core": ("state", "engine", "runtime", "infra", "devkit", "contract", "cli", "api"),
+    "contract": ("state", "engine", "runtime", "infra", "devkit", "cli", "api"),
+    "state": ("engine", "runtime", "infra", "devkit", "cli", "api"),
+    "engine": ("runtime", "infra", "devkit", "cli", "api"),
+    "infra": ("engine", "runtime", "devkit", "cli", "api"),
+    "runtime": ("devkit", "cli", "api"),
+    "api": ("devkit", "cli"),
 }
 
 
