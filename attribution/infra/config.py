@@ -175,5 +175,10 @@ def load_config(**overrides: Any) -> Config:
         first = exc.errors()[0]
         field = str(first["loc"][0]).lower() if first["loc"] else "settings"
         env = env_name(field)
-        shown = "" if field == "redis_url" else f" (got {first.get('input')!r})"  # may hold a password
+        secret = (
+            "SecretStr" in str(Config.model_fields[field].annotation)
+            if field in Config.model_fields
+            else True
+        )
+        shown = "" if secret else f" (got {first.get('input')!r})"  # a secret is never shown
         raise BadSettings(env, f"{first['msg']}{shown}") from None

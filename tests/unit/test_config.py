@@ -272,3 +272,10 @@ def test_a_bad_redis_url_error_does_not_show_the_password(monkeypatch: pytest.Mo
     with pytest.raises(BadSettings) as caught:
         load_config()
     assert "s3cret-pass" not in str(caught.value)
+
+
+def test_a_refused_secret_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTRIBUTION_API_TOKEN", "short-secret")
+    with pytest.raises(BadSettings, match="ATTRIBUTION_API_TOKEN") as caught:
+        load_config()
+    assert "short-secret" not in str(caught.value)
