@@ -5,6 +5,7 @@ joined as bytes: what the API says equals the tallies topic's latest records."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,12 +97,15 @@ def create_app(
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        metrics.requests.labels(name, request.method, str(response.status_code)).inc()
-        metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
-        return response
+        code = 500  # an exception below is answered 500 by the server: count it as such
+        try:
+            response = await call_next(request)
+            code = response.status_code
+            return response
+        finally:
+            name = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(name, request.method, str(code)).inc()
+            metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
 
     def body(schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
         """The OpenAPI ``responses`` of an endpoint that answers ``schema`` as JSON."""
@@ -171,15 +175,19 @@ def create_app(
 
         def put(change: Change) -> None:  # the follower's thread
             if project is None or change.project_id == project:
-                loop.call_soon_threadsafe(_offer, queue, change)
-
-        stop = table.listen(put)
-        wanted = [project] if project is not None else table.projects()
-        snapshot = [t for p in wanted for t in (table.campaigns(p) or [])]
+                # a closed loop (the server stopping) must not stop the follower
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_offer, queue, change)
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
+            # listen here, not in the handler: a client gone before the stream starts never runs
+            # this generator (nor its finally), and its listener would stay for good; listening
+            # before the snapshot is taken loses no change (a repeated one has a version not higher)
+            stop = table.listen(put)
             metrics.stream_clients.inc()
             try:
+                wanted = [project] if project is not None else table.projects()
+                snapshot = [t for p in wanted for t in (table.campaigns(p) or [])]
                 yield ServerSentEvent(data=(b"[" + b",".join(snapshot) + b"]").decode(), event="snapshot")
                 while (change := await queue.get()) is not None:
                     yield ServerSentEvent(data=change.record.decode(), event="tally")

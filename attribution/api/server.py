@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -28,12 +29,8 @@ def serve(config: Config) -> None:
         metrics.records.labels(kind).inc()
         table.apply(kind, key, value, partition, offset)
 
-    try:  # first: a port in use is refused before anything else starts
-        sock = socket.create_server((config.api_host, config.api_port), reuse_port=False)
-    except OSError as exc:
-        raise BadSettings(
-            "ATTRIBUTION_API_PORT", f"cannot listen on {config.api_host}:{config.api_port} ({exc.strerror})"
-        ) from None
+    # first: a port in use is refused before anything else starts
+    sock = _listen(config.api_host, config.api_port)
     kinds = ["tallies", "conversions"] if config.api_conversions else ["tallies"]
     try:
         follower = TopicFollower(config, kinds, on_record)
@@ -65,6 +62,25 @@ def serve(config: Config) -> None:
     if follower.error is not None:
         raise follower.error
     log.info("serve stopped")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket (an IPv6 one for a host such as ``::``); BadSettings naming the setting
+    at fault when it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as exc:
+        # create_server appends "(while attempting to bind on address ...)" to the reason: the
+        # message names the address already
+        reason = (exc.strerror or str(exc)).split(" (while attempting to bind", 1)[0]
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        if exc.errno is not None and (exc.errno < 0 or exc.errno == errno.EADDRNOTAVAIL):
+            # a name that does not resolve (getaddrinfo's codes are negative), an address not here
+            raise BadSettings("ATTRIBUTION_API_HOST", f"cannot listen on {where} ({reason})") from None
+        raise BadSettings(
+            "ATTRIBUTION_API_PORT", f"cannot listen on {where} ({reason}); pick a free port"
+        ) from None
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
