@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all run test soak bench bench-rss lint typecheck unit integration clean
+.PHONY: all run test soak bench bench-rss bench-api lint typecheck unit integration clean
 
 all: lint typecheck test
 
@@ -38,6 +38,11 @@ bench: $(BIN)/attribution
 RSS_SECONDS ?= 600
 bench-rss: $(BIN)/attribution
 	$(BIN)/attribution bench --rss-only --rss-seconds $(RSS_SECONDS) --out bench-rss.json
+
+## make bench-api: a worker and `attribution serve` over 1,000 campaigns' tallies, then 8 keep-alive
+## clients for 20 s on loopback; requests/s and p50/p99/max per endpoint, under "api" in bench-results.json.
+bench-api: $(BIN)/attribution
+	$(BIN)/attribution bench --api-only $(BENCH_API_ARGS)
 
 unit: $(BIN)/attribution
 	$(BIN)/python -m pytest tests/unit

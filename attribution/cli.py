@@ -320,6 +320,10 @@ def demo(rate: int, duration: float, partitions: int) -> None:
 )
 @click.option("--rss-rate", type=click.IntRange(1), default=2_500, help="Events/s of the RSS run.")
 @click.option("--rss-only", is_flag=True, help="Only the RSS run (needs --rss-seconds).")
+@click.option("--api-only", is_flag=True, help="Only the API bench: serve's latency under load.")
+@click.option("--api-campaigns", type=click.IntRange(1), default=1_000, help="Campaigns of the API bench.")
+@click.option("--api-clients", type=click.IntRange(1, 64), default=8, help="Concurrent API clients.")
+@click.option("--api-seconds", type=click.FloatRange(1, 600), default=20.0, help="Duration of the API load.")
 def bench(
     scale: float,
     latency_rate: int,
@@ -329,9 +333,19 @@ def bench(
     rss_seconds: float,
     rss_rate: int,
     rss_only: bool,
+    api_only: bool,
+    api_campaigns: int,
+    api_clients: int,
+    api_seconds: float,
 ) -> None:
     """Throughput, latency and memory in one run; writes bench-results.json."""
     from attribution.devkit.bench import run_bench
+
+    if api_only:
+        from attribution.devkit.bench_api import run_api_bench
+
+        run_api_bench(api_campaigns, api_clients, api_seconds, out)
+        return
 
     if rss_only and not rss_seconds:
         raise click.UsageError("--rss-only needs --rss-seconds")

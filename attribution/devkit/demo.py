@@ -1,11 +1,14 @@
 """``attribution demo`` (what ``make run`` runs): local services, topics, settings, a worker process,
-live demo traffic, and a terminal view of the tallies as they change. Ctrl-C stops everything."""
+``attribution serve`` (the live campaign page), live demo traffic, and a terminal view of the tallies
+as they change. Ctrl-C stops everything."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +25,9 @@ from attribution.devkit.traffic import DEMO_SETTINGS, Traffic
 from attribution.infra.config import load_config
 from attribution.runtime.kafka_io import create_topics
 from attribution.runtime.settings_sync import publish
+
+PREFERRED_API_PORT = 8080
+SERVE_READY_S = 30.0
 
 
 @contextlib.contextmanager
@@ -60,18 +66,84 @@ def run_demo(rate: int, duration_s: float, partitions: int) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         traffic = threading.Thread(target=_traffic, args=(config, rate, stop), daemon=True)
-        traffic.start()
+        serve: subprocess.Popen[bytes] | None = None
         try:
-            _watch(config, stop, duration_s, worker)
+            serve, page = start_serve(stop)
+            traffic.start()
+            _watch(config, stop, duration_s, worker, page)
         finally:
             stop.set()
-            traffic.join(5)
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
+            if traffic.is_alive():
+                traffic.join(5)
+            for child in (worker, serve):
+                if child is not None:
+                    _stop(child)
+        serve_ok = serve is None or serve.returncode in (0, -signal.SIGTERM, -signal.SIGINT)
+        return 0 if worker.returncode in (0, -signal.SIGTERM) and serve_ok else 1
+
+
+def _stop(child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _port_free(host: str, port: int) -> bool:
+    try:
+        socket.create_server((host, port)).close()
+    except OSError:
+        return False
+    return True
+
+
+def _ready(host: str, port: int) -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/readyz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_serve(stop: threading.Event) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    """``attribution serve`` beside the worker, on ATTRIBUTION_API_PORT when set, else 8080 when it is
+    free, else a free port (on ATTRIBUTION_API_HOST, else loopback). Returns the process and the page's
+    address once /readyz answers 200 (a process that failed to start: None, None)."""
+    host = os.environ.get("ATTRIBUTION_API_HOST") or "127.0.0.1"
+    fixed = os.environ.get("ATTRIBUTION_API_PORT")
+    local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    shown = f"[{local}]" if ":" in local else local
+    ports = [int(fixed)] if fixed else [PREFERRED_API_PORT, embedded.free_port(), embedded.free_port()]
+    for port in ports:
+        if not fixed and not _port_free(host, port):
+            continue
+        env = {**os.environ, "ATTRIBUTION_API_HOST": host, "ATTRIBUTION_API_PORT": str(port)}
+        serve = subprocess.Popen([sys.executable, "-m", "attribution.cli", "serve"], env=env)
+        deadline = time.monotonic() + SERVE_READY_S
+        delay = 0.05
+        while serve.poll() is None and not _ready(local, port) and time.monotonic() < deadline:
+            if stop.wait(delay):  # a poll with a deadline: serve reads the output topics, then is ready
+                return serve, None
+            delay = min(delay * 2, 0.5)
+        if stop.is_set():
+            return serve, None
+        if serve.poll() is not None:  # e.g. the port was taken meanwhile: try the next one
+            print(f"attribution serve exited with {serve.returncode} (port {port})", flush=True)
+            continue
+        page = f"http://{shown}:{port}/"
+        note = "" if _ready(local, port) else " (still catching up)"
+        if os.environ.get("ATTRIBUTION_API_TOKEN"):
+            note += " (open it once as /?token=<ATTRIBUTION_API_TOKEN>)"
+        print(f"live campaign page: {page}{note}", flush=True)
+        return serve, page
+    print("live campaign page: not started (see the errors above)", flush=True)
+    return None, None
 
 
 def _traffic(config: Any, rate: int, stop: threading.Event) -> None:
@@ -87,7 +159,13 @@ def _traffic(config: Any, rate: int, stop: threading.Event) -> None:
     producer.flush(10)
 
 
-def _watch(config: Any, stop: threading.Event, duration_s: float, worker: subprocess.Popen[bytes]) -> None:
+def _watch(
+    config: Any,
+    stop: threading.Event,
+    duration_s: float,
+    worker: subprocess.Popen[bytes],
+    page: str | None = None,
+) -> None:
     consumer = Consumer(
         config.kafka(
             {
@@ -114,15 +192,16 @@ def _watch(config: Any, stop: threading.Event, duration_s: float, worker: subpro
                     if snap["version"] >= latest.get(key, {}).get("version", -1):
                         latest[key] = snap
             if time.monotonic() >= next_draw:
-                print(render(latest), flush=True)
+                print(render(latest, page), flush=True)
                 next_draw = time.monotonic() + 1.0
     finally:
         consumer.close()
 
 
-def render(tallies: dict[str, dict[str, Any]]) -> str:
+def render(tallies: dict[str, dict[str, Any]], page: str | None = None) -> str:
     """A plain-text table of the latest tallies (clears the screen when stdout is a terminal)."""
-    lines = ["\x1b[2J\x1b[H" if sys.stdout.isatty() else "", "live tallies (Ctrl-C to stop)", ""]
+    title = "live tallies (Ctrl-C to stop)" + (f"; live campaign page: {page}" if page else "")
+    lines = ["\x1b[2J\x1b[H" if sys.stdout.isatty() else "", title, ""]
     header = (
         f"{'campaign':<16}{'sends':>8}{'users':>7}{'failed':>7}{'clicks':>8}  "
         f"{'purchase (primary)':<34}{'signup':>8}"
