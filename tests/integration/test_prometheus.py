@@ -1,24 +1,36 @@
-"""deploy/prometheus and deploy/grafana against promtool and a real Prometheus scraping a real worker.
+"""deploy/prometheus and deploy/grafana against promtool and a real Prometheus scraping a real
+worker and a real ``attribution serve``.
 
 Static checks: the PrometheusRule holds exactly the groups of alerts.yml, every alert carries a
 severity, a summary and a description and has a promtool unit test where it fires and one where it
-does not, the compose scrape config names the worker's metrics endpoint, and every dashboard query
-uses the provisioned datasource and ``$__rate_interval``. promtool: ``check rules``, ``check config``
-and ``test rules`` pass. Live: a worker in a thread, fed sends, clicks, goals and a bad record, is
-scraped every second by a real ``prometheus`` (127.0.0.1 only) that evaluates alerts.yml; the target
-is up, the key series exist, the rules evaluate healthy, and every query of every panel of every
-dashboard returns a number (not only NaN) once the Grafana variables are substituted, while
-events keep flowing.
+does not, the compose scrape config names the worker's and the API's metrics endpoints, and every
+dashboard query uses the provisioned datasource and ``$__rate_interval``. promtool: ``check rules``,
+``check config`` and ``test rules`` pass. Live: a worker in a thread, fed sends, clicks, goals and a
+bad record, and ``attribution serve`` in a child process (reading the worker's outputs, answering a
+few API requests and holding an event stream open) are scraped every second by a real
+``prometheus`` (127.0.0.1 only) that evaluates alerts.yml, as jobs ``attribution-worker`` and
+``attribution-api``; both targets are up, the key series of each exist, the rules evaluate healthy,
+and every query of every panel of every dashboard returns a number (not only NaN) once the Grafana
+variables are substituted, while events keep flowing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import math
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +40,12 @@ from typing import Any
 import pytest
 import yaml
 
+from attribution.api.metrics import ApiMetrics
 from attribution.devkit.embedded import free_port
 from attribution.infra.config import Config
-from attribution.infra.http import METRICS_PATH
+from attribution.infra.http import METRICS_PATH, READY_PATH
 from attribution.infra.metrics import Metrics
-from tests.support.kafka import Engine, engine_config
+from tests.support.kafka import Engine, engine_config, env_of
 from tests.support.prometheus import (
     PrometheusServer,
     outcome,
@@ -55,6 +68,9 @@ PROMETHEUS_RULE = ROOT / "deploy" / "k8s" / "prometheusrule.yaml"
 GRAFANA = ROOT / "deploy" / "grafana"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 JOB = "attribution-worker"
+API_JOB = "attribution-api"
+#: The job each alert group selects.
+GROUP_JOBS = {"attribution": JOB, "attribution-api": API_JOB}
 T0 = int(time.time() * 1000) - 3600_000
 MIN = 60_000
 
@@ -89,6 +105,28 @@ KEY_SERIES = (
     "python_info",
 )
 
+# What `attribution serve` must export once it has read the worker's outputs and answered the
+# requests of the `live` fixture (same conventions as KEY_SERIES).
+API_KEY_SERIES = (
+    "up == 1",
+    'attribution_api_build_info{version!=""} == 1',
+    "attribution_api_caught_up == 1",
+    'attribution_api_records_total{topic="tallies"} > 0',
+    'attribution_api_records_total{topic="conversions"} > 0',
+    'attribution_api_requests_total{route="/v1/projects", method="GET", code="200"} > 0',
+    'attribution_api_requests_total{route="/v1/projects/{project}/campaigns", method="GET", code="200"} > 0',
+    'attribution_api_requests_total{route="/v1/projects/{project}/campaigns/{campaign}", code="404"} > 0',
+    f'attribution_api_requests_total{{route="{READY_PATH}", code="200"}} > 0',
+    'attribution_api_requests_total{route="/v1/events", code="200"} > 0',
+    f'attribution_api_request_seconds_bucket{{route="{METRICS_PATH}", le="+Inf"}} > 0',
+    'attribution_api_request_seconds_count{route="/"} > 0',
+    "attribution_api_stream_clients == 1",
+    "attribution_api_campaigns > 0",
+    "attribution_api_conversions > 0",
+    "process_resident_memory_bytes > 0",
+    "process_start_time_seconds > 0",
+)
+
 # What Grafana puts in place of its variables when the dashboard is opened on the last 5 minutes.
 GRAFANA_BUILTINS = {
     "__rate_interval": "15s",
@@ -109,6 +147,14 @@ def load_yaml(path: Path) -> Any:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def alert_groups() -> dict[str, list[dict[str, Any]]]:
+    """The alerting rules of each group of alerts.yml."""
+    return {
+        group["name"]: [rule for rule in group["rules"] if "alert" in rule]
+        for group in load_yaml(ALERTS)["groups"]
+    }
 
 
 def dashboards() -> list[Path]:
@@ -150,9 +196,9 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return _VARIABLE.sub(one, expr)
 
 
-def with_target(expr: str, instance: str) -> str:
-    """``expr`` (a selector, then maybe a filter like ``> 0``) restricted to the live worker's series."""
-    matchers = f'job="{JOB}", instance="{instance}"'
+def with_target(expr: str, instance: str, job: str = JOB) -> str:
+    """``expr`` (a selector, then maybe a filter like ``> 0``) restricted to one live target's series."""
+    matchers = f'job="{job}", instance="{instance}"'
     name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr)
     assert name is not None, expr
     rest = expr[name.end() :]
@@ -173,12 +219,17 @@ def test_prometheusrule_holds_exactly_the_groups_of_alerts_yml() -> None:
 
 def test_every_alert_has_a_severity_a_summary_and_a_description() -> None:
     rules = alert_rules()
-    assert len(rules) >= 9
-    for rule in rules:
-        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
-        assert rule["annotations"]["summary"].strip(), rule["alert"]
-        assert len(rule["annotations"]["description"]) > 80, rule["alert"]
-        assert f'job="{JOB}"' in rule["expr"], f"{rule['alert']} does not select the worker job"
+    assert len(rules) >= 11
+    groups = alert_groups()
+    assert set(groups) == set(GROUP_JOBS), "a group for the workers, one for the API"
+    for group, grouped in groups.items():
+        assert grouped, f"group {group} holds no alert"
+        for rule in grouped:
+            assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+            assert rule["annotations"]["summary"].strip(), rule["alert"]
+            assert len(rule["annotations"]["description"]) > 80, rule["alert"]
+            jobs = set(re.findall(r'job="([^"]*)"', rule["expr"]))
+            assert jobs == {GROUP_JOBS[group]}, f"{rule['alert']} selects {jobs}, not {GROUP_JOBS[group]}"
     down = {r["alert"]: r["annotations"]["description"] for r in rules}
     for name in ("AttributionWorkerDown", "AttributionNoWorker"):
         assert "LostState" in down[name] and "attribution rebuild --yes" in down[name], name
@@ -200,14 +251,16 @@ def test_every_alert_has_a_unit_test_where_it_fires_and_one_where_it_does_not() 
     assert names - quiet == set(), "alerts never shown quiet or resolved"
 
 
-def test_compose_prometheus_scrapes_the_workers_metrics_endpoint() -> None:
+def test_compose_prometheus_scrapes_the_workers_and_the_api_metrics_endpoints() -> None:
     config = load_yaml(COMPOSE_CONFIG)
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
-    (job,) = [c for c in config["scrape_configs"] if c["job_name"] == JOB]
-    assert job.get("metrics_path", "/metrics") == METRICS_PATH
     port = Config.model_fields["metrics_port"].default
-    targets = [t for static in job["static_configs"] for t in static["targets"]]
-    assert targets == [f"worker-1:{port}", f"worker-2:{port}"]
+    api_port = Config.model_fields["api_port"].default
+    expected = {JOB: [f"worker-1:{port}", f"worker-2:{port}"], API_JOB: [f"api:{api_port}"]}
+    for name, targets in expected.items():
+        (job,) = [c for c in config["scrape_configs"] if c["job_name"] == name]
+        assert job.get("metrics_path", "/metrics") == METRICS_PATH
+        assert [t for static in job["static_configs"] for t in static["targets"]] == targets, name
 
 
 def test_dashboards_use_the_provisioned_datasource_and_rate_interval() -> None:
@@ -231,7 +284,8 @@ def test_dashboards_use_the_provisioned_datasource_and_rate_interval() -> None:
 
 
 def exported_series() -> set[str]:
-    """Every sample name a worker's /metrics can hold (a counter family ``x`` shows as ``x_total``)."""
+    """Every sample name a worker's or the API's /metrics can hold (a counter family ``x`` shows as
+    ``x_total``)."""
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_count", "_sum", "_created"),
@@ -239,12 +293,13 @@ def exported_series() -> set[str]:
     }
     return {
         family.name + suffix
-        for family in Metrics().registry.collect()
+        for registry in (Metrics().registry, ApiMetrics().registry)
+        for family in registry.collect()
         for suffix in suffixes.get(family.type, ("",))
     }
 
 
-def test_alerts_and_dashboards_name_only_series_the_worker_exports() -> None:
+def test_alerts_and_dashboards_name_only_series_the_worker_or_the_api_exports() -> None:
     exported = exported_series()
     used: dict[str, set[str]] = {}
     texts = [(r["alert"], r["expr"]) for r in alert_rules()]
@@ -256,7 +311,7 @@ def test_alerts_and_dashboards_name_only_series_the_worker_exports() -> None:
         for name in re.findall(r"\b(?:attribution|process|python)_[a-z0-9_]+", expr):
             used.setdefault(name, set()).add(where)
     unknown = {name: sorted(places) for name, places in used.items() if name not in exported}
-    assert not unknown, f"series no worker exports: {unknown}"
+    assert not unknown, f"series no worker or API exports: {unknown}"
 
 
 # --- promtool ------------------------------------------------------------------------------------
@@ -284,13 +339,14 @@ def test_alert_unit_tests_pass_promtool_test_rules() -> None:
     assert "SUCCESS" in done.stdout, outcome(done)
 
 
-# --- a real Prometheus scraping a real worker ----------------------------------------------------
+# --- a real Prometheus scraping a real worker and a real `attribution serve` --------------------
 
 
 @dataclass
 class Live:
     prometheus: PrometheusServer
     instance: str  # the worker's instance label, 127.0.0.1:<port>
+    api_instance: str  # serve's instance label, 127.0.0.1:<port>
 
 
 def user_events(tag: str, i: int, ts: int) -> list[Any]:
@@ -335,31 +391,163 @@ class Trickle:
             raise self.error
 
 
+class ApiProcess:
+    """``python -m attribution serve`` on 127.0.0.1:``port`` with the engine's Kafka settings and
+    no Redis; its output goes to ``log_path``."""
+
+    def __init__(self, config: Config, port: int, log_path: Path) -> None:
+        env = env_of(config)
+        del env["REDIS_URL"], env["ATTRIBUTION_METRICS_PORT"]  # serve needs no Redis, no metrics port
+        env.update({"ATTRIBUTION_API_HOST": "127.0.0.1", "ATTRIBUTION_API_PORT": str(port)})
+        self.port = port
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "attribution", "serve"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # pytest's Ctrl-C is not its stop signal
+            )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of ``GET path`` (an error status is an answer too)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as answer:
+                return int(answer.status), bytes(answer.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+
+    def ready(self) -> bool | None:
+        """True once /readyz answers 200; None while it does not (yet); False if the process ended."""
+        if self.process.poll() is not None:
+            return False
+        try:
+            return True if self.get(READY_PATH)[0] == 200 else None
+        except OSError:
+            return None
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (a kill after 20 s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return int(self.process.returncode)
+
+
+def start_api(config: Config, directory: Path) -> ApiProcess:
+    """A ready ``attribution serve``; a port taken between choosing and binding it is retried."""
+    for attempt in range(3):
+        api = ApiProcess(config, free_port(), directory / f"serve-{attempt}.log")
+        try:
+            state = poll(api.ready, "attribution serve to answer /readyz 200", 60)
+        except BaseException:
+            api.stop()
+            raise
+        if state:
+            return api
+        api.stop()
+        if "cannot listen" not in api.log_tail():
+            raise AssertionError(f"attribution serve exited:\n{api.log_tail()}")
+    raise AssertionError("attribution serve found no free port in 3 attempts")
+
+
+class StreamClient:
+    """One client of serve's event stream (GET /v1/events), read in a thread until ``close()``."""
+
+    def __init__(self, port: int) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.connection.request("GET", "/v1/events", headers={"Accept": "text/event-stream"})
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.status
+        assert self.connection.sock is not None
+        self.socket: socket.socket = self.connection.sock
+        self.socket.settimeout(None)  # the reader blocks until close() shuts the socket down
+        self.events: list[str] = []
+        self.thread = threading.Thread(target=self._read, name="event-stream", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.response:
+                if line.startswith(b"event:"):
+                    self.events.append(line[6:].strip().decode())
+        except (OSError, ValueError, http.client.HTTPException):
+            pass  # closed by close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # already closed by the server
+            self.socket.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
+        self.response.close()
+        self.connection.close()
+        assert not self.thread.is_alive(), "the event stream reader did not stop"
+
+
+def use_the_api(api: ApiProcess) -> None:
+    """A few requests of a downstream reader: the projects, a project's campaigns once the workers'
+    tallies have arrived (the topics' data, end to end), an unknown campaign, the page."""
+    assert api.get("/v1/projects")[0] == 200
+
+    def campaigns() -> bool | None:
+        status, body = api.get(f"/v1/projects/{PROJECT}/campaigns")
+        return True if status == 200 and json.loads(body)["campaigns"] else None
+
+    poll(campaigns, f"GET /v1/projects/{PROJECT}/campaigns to list tallies")
+    assert api.get(f"/v1/projects/{PROJECT}/campaigns/no-such-campaign")[0] == 404
+    assert api.get("/")[0] == 200
+
+
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap: str, redis_url: str) -> Iterator[Live]:
     require(
-        "prometheus", "scraping a worker with a real Prometheus (target, series, rules, dashboard queries)"
+        "prometheus",
+        "scraping a worker and `attribution serve` with a real Prometheus (targets, series, rules,"
+        " dashboard queries)",
     )
     engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
-    try:
-        engine.put_settings(settings())
-        port = free_port()
-        worker = engine.worker_thread(metrics_port=port, metrics_host="127.0.0.1")
+    with tempfile.TemporaryDirectory(prefix="test-prometheus-") as scratch:
         try:
-            instance = f"127.0.0.1:{port}"
-            config = scrape_config(JOB, [instance], [ALERTS], interval_s=1)
-            with start_prometheus(config) as prometheus:
-                engine.produce([e for i in range(12) for e in user_events("burst", i, T0 + i)])
-                engine.produce_raw("goals", b"prom-bad", b"not json")
-                trickle = Trickle(engine)
-                try:
-                    yield Live(prometheus, instance)
-                finally:
-                    trickle.stop()
+            engine.put_settings(settings())
+            port = free_port()
+            worker = engine.worker_thread(metrics_port=port, metrics_host="127.0.0.1")
+            api: ApiProcess | None = None
+            stream: StreamClient | None = None
+            try:
+                api = start_api(engine.config, Path(scratch))
+                instance, api_instance = f"127.0.0.1:{port}", f"127.0.0.1:{api.port}"
+                jobs = {JOB: [instance], API_JOB: [api_instance]}
+                with start_prometheus(scrape_config(jobs, [ALERTS], interval_s=1)) as prometheus:
+                    engine.produce([e for i in range(12) for e in user_events("burst", i, T0 + i)])
+                    engine.produce_raw("goals", b"prom-bad", b"not json")
+                    trickle = Trickle(engine)
+                    try:
+                        stream = StreamClient(api.port)
+                        use_the_api(api)
+                        yield Live(prometheus, instance, api_instance)
+                    finally:
+                        trickle.stop()
+            finally:
+                if stream is not None:
+                    stream.close()
+                code = api.stop() if api is not None else None
+                worker.stop()
+            assert api is not None
+            assert code == 0, f"attribution serve exited with {code} after SIGTERM:\n{api.log_tail()}"
+            assert stream is not None and stream.events[:1] == ["snapshot"], (
+                "the stream starts with a snapshot"
+            )
         finally:
-            worker.stop()
-    finally:
-        engine.close()
+            engine.close()
 
 
 def wait_for(live: Live, expr: str, timeout_s: float = 45.0) -> list[dict[str, Any]]:
@@ -372,18 +560,21 @@ def wait_for(live: Live, expr: str, timeout_s: float = 45.0) -> list[dict[str, A
         raise AssertionError(f"{exc}\nprometheus log:\n{live.prometheus.log_tail()}") from None
 
 
-def test_prometheus_scrapes_the_worker_and_the_target_is_up(live: Live) -> None:
+@pytest.mark.parametrize(("job", "what"), [(JOB, "worker"), (API_JOB, "api")], ids=["worker", "api"])
+def test_prometheus_scrapes_the_target_and_it_is_up(live: Live, job: str, what: str) -> None:
+    instance = live.instance if what == "worker" else live.api_instance
+
     def up_target() -> dict[str, Any] | None:
         for target in live.prometheus.get("/api/v1/targets")["activeTargets"]:
-            if target["labels"]["instance"] == live.instance and target["health"] == "up":
+            if target["labels"]["instance"] == instance and target["health"] == "up":
                 return dict(target)
         return None
 
-    target = poll(up_target, f"target {live.instance} to be up")
-    assert target["labels"]["job"] == JOB
-    assert target["scrapeUrl"] == f"http://{live.instance}{METRICS_PATH}"
+    target = poll(up_target, f"target {instance} to be up")
+    assert target["labels"]["job"] == job
+    assert target["scrapeUrl"] == f"http://{instance}{METRICS_PATH}"
     assert target["lastError"] == ""
-    wait_for(live, f'up{{job="{JOB}", instance="{live.instance}"}} == 1')
+    wait_for(live, f'up{{job="{job}", instance="{instance}"}} == 1')
 
 
 def test_the_worker_exports_every_key_series_to_prometheus(live: Live) -> None:
@@ -397,12 +588,37 @@ def test_the_worker_exports_every_key_series_to_prometheus(live: Live) -> None:
         assert family in families, sorted(families)
 
 
-def test_every_dashboard_query_returns_a_number_for_a_scraped_worker(live: Live) -> None:
+def test_the_api_exports_every_key_series_to_prometheus(live: Live) -> None:
+    for expr in API_KEY_SERIES:
+        wait_for(live, with_target(expr, live.api_instance, API_JOB))
+    names = live.prometheus.get(
+        "/api/v1/label/__name__/values", [("match[]", f'{{job="{API_JOB}", instance="{live.api_instance}"}}')]
+    )
+    # the API's registry is its own: no worker series under the API's job
+    assert not [n for n in names if n.startswith("attribution_") and not n.startswith("attribution_api_")]
+
+
+def grafana_values(live: Live) -> dict[str, str]:
+    """Grafana's variables as the dashboard substitutes them for the live worker and API."""
+
+    def regex(instance: str) -> str:
+        # a multi-value variable is a regex; Grafana escapes it for a PromQL string: 127\\.0\\.0\\.1
+        return re.escape(instance).replace("\\", "\\\\")
+
+    return {
+        **GRAFANA_BUILTINS,
+        "job": JOB,
+        "instance": regex(live.instance),
+        "api_job": API_JOB,
+        "api_instance": regex(live.api_instance),
+    }
+
+
+def test_every_dashboard_query_returns_a_number_for_the_scraped_worker_and_api(live: Live) -> None:
     wait_for(live, with_target('attribution_consumer_lag{topic=~".+goals"}', live.instance))
     wait_for(live, with_target("attribution_tallies_published_total > 0", live.instance))
-    # a multi-value variable is a regex; Grafana escapes it for a PromQL string: 127\\.0\\.0\\.1
-    instance = re.escape(live.instance).replace("\\", "\\\\")
-    values = {**GRAFANA_BUILTINS, "job": JOB, "instance": instance}
+    wait_for(live, with_target("attribution_api_conversions > 0", live.api_instance, API_JOB))
+    values = grafana_values(live)
     queries = [(board, title, substitute(expr, values)) for board, title, expr in dashboard_queries()]
 
     def missing() -> list[str]:
@@ -419,22 +635,27 @@ def test_every_dashboard_query_returns_a_number_for_a_scraped_worker(live: Live)
         time.sleep(0.5)
         empty = missing()
     assert not empty, "dashboard queries without a number:\n" + "\n".join(empty)
-    assert len(queries) >= 25
+    assert len(queries) >= 40
+    assert sum("$api_job" in expr for _, _, expr in dashboard_queries()) >= 10, "the API's panels"
 
 
-def test_dashboard_variables_list_the_scraped_worker(live: Live) -> None:
+def test_dashboard_variables_list_the_scraped_worker_and_api(live: Live) -> None:
     wait_for(live, with_target("attribution_build_info", live.instance))
-    expected = {"job": JOB, "instance": live.instance}
+    wait_for(live, with_target("attribution_api_build_info", live.api_instance, API_JOB))
+    expected = {"job": JOB, "instance": live.instance, "api_job": API_JOB, "api_instance": live.api_instance}
     for path in dashboards():
-        for variable in json.loads(path.read_text())["templating"]["list"]:
+        variables = json.loads(path.read_text())["templating"]["list"]
+        assert {v["name"] for v in variables} == set(expected), path.name
+        for variable in variables:
             query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
             found = re.fullmatch(r"label_values\((.+), (\w+)\)", query)
             assert found, f"{path.name}: ${variable['name']} is not a label_values() query: {query}"
-            selector = substitute(found.group(1), {"job": JOB})
+            selector = substitute(found.group(1), {"job": JOB, "api_job": API_JOB})
             label_values = live.prometheus.get(
                 f"/api/v1/label/{found.group(2)}/values", [("match[]", selector)]
             )
-            assert expected[variable["name"]] in label_values, (variable["name"], label_values)
+            # the worker's variables list the worker only, the API's the API only
+            assert label_values == [expected[variable["name"]]], (variable["name"], label_values)
 
 
 def test_alert_rules_load_into_prometheus_and_evaluate_healthy(live: Live) -> None:
@@ -455,12 +676,19 @@ def test_alert_rules_load_into_prometheus_and_evaluate_healthy(live: Live) -> No
         ) from None
     assert {r["name"] for r in rules} == names
     assert all(r["type"] == "alerting" for r in rules)
-    # the worker is up and ready: once a few scrapes are in, the alerts about a missing, unreachable
-    # or unready worker are not even pending (they may be for the first seconds)
-    worker_alerts = {"AttributionWorkerDown", "AttributionNoWorker", "AttributionWorkerNotReady"}
+    # the worker and the API are up, ready and caught up: once a few scrapes are in, the alerts about
+    # a missing, unreachable or unready target are not even pending (they may be for the first seconds)
+    target_alerts = {
+        "AttributionWorkerDown",
+        "AttributionNoWorker",
+        "AttributionWorkerNotReady",
+        "AttributionApiDown",
+        "AttributionApiNotCaughtUp",
+    }
+    assert {name for name in names if "Api" in name} <= target_alerts, "a new API alert: list it here"
 
     def quiet() -> bool | None:
         active = {a["labels"]["alertname"] for a in live.prometheus.get("/api/v1/alerts")["alerts"]}
-        return True if not active & worker_alerts else None
+        return True if not active & target_alerts else None
 
-    poll(quiet, f"none of {sorted(worker_alerts)} to be pending or firing", 30)
+    poll(quiet, f"none of {sorted(target_alerts)} to be pending or firing", 30)

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,9 +118,10 @@ class PrometheusServer:
 
 
 def scrape_config(
-    job: str, targets: Sequence[str], rule_files: Sequence[Path], interval_s: int = 1
+    jobs: Mapping[str, Sequence[str]], rule_files: Sequence[Path], interval_s: int = 1
 ) -> dict[str, Any]:
-    """A Prometheus config scraping ``targets`` as ``job`` and evaluating ``rule_files``."""
+    """A Prometheus config scraping, for each job name of ``jobs``, its targets (``host:port``, at
+    /metrics) and evaluating ``rule_files``."""
     return {
         "global": {
             "scrape_interval": f"{interval_s}s",
@@ -128,7 +129,9 @@ def scrape_config(
             "evaluation_interval": f"{interval_s}s",
         },
         "rule_files": [str(p) for p in rule_files],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()
+        ],
     }
 
 

