@@ -31,7 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from attribution.devkit.bench import _caught_up, _fresh, _produce
 from attribution.devkit.bench_load import PROJECT, Shape, backlog
-from attribution.devkit.bench_rss import rss_bytes
+from attribution.devkit.bench_rss import child_env, rss_bytes
 from attribution.devkit.demo import services
 from attribution.devkit.embedded import free_port
 from attribution.infra.config import Config, load_config
@@ -51,17 +51,7 @@ MIX = (
 
 
 def _child_env(config: Config, port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ATTRIBUTION_TOPIC_PREFIX": config.topic_prefix,
-        "ATTRIBUTION_GROUP_ID": config.group_id,
-        "ATTRIBUTION_REDIS_PREFIX": config.redis_prefix,
-        "ATTRIBUTION_METRICS_PORT": "0",
-        "ATTRIBUTION_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
-        "ATTRIBUTION_LOG_LEVEL": "WARNING",
-        "ATTRIBUTION_API_HOST": HOST,
-        "ATTRIBUTION_API_PORT": str(port),
-    }
+    return {**child_env(config), "ATTRIBUTION_API_HOST": HOST, "ATTRIBUTION_API_PORT": str(port)}
 
 
 def _get(port: int, path: str, token: str | None) -> tuple[int, bytes]:

@@ -58,12 +58,9 @@ def lag(probe: Consumer, config: Config) -> int:
     return total
 
 
-def worker_rss(config: Config, rate: int, seconds: float, users: int = 1_000_000) -> dict[str, Any]:
-    """Run a worker for ``config`` (topics and settings already in place) under ``rate`` events/s.
-
-    A million users by default: a few events per user over the run, as in the catch-up backlog, so
-    that per-user state stays realistic and the worker keeps up (the lag is sampled to show it)."""
-    env = {
+def child_env(config: Config) -> dict[str, str]:
+    """The environment of an `attribution` child process (worker, serve) for ``config``."""
+    return {
         **os.environ,
         "ATTRIBUTION_TOPIC_PREFIX": config.topic_prefix,
         "ATTRIBUTION_GROUP_ID": config.group_id,
@@ -72,6 +69,14 @@ def worker_rss(config: Config, rate: int, seconds: float, users: int = 1_000_000
         "ATTRIBUTION_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
         "ATTRIBUTION_LOG_LEVEL": "WARNING",
     }
+
+
+def worker_rss(config: Config, rate: int, seconds: float, users: int = 1_000_000) -> dict[str, Any]:
+    """Run a worker for ``config`` (topics and settings already in place) under ``rate`` events/s.
+
+    A million users by default: a few events per user over the run, as in the catch-up backlog, so
+    that per-user state stays realistic and the worker keeps up (the lag is sampled to show it)."""
+    env = child_env(config)
     worker = subprocess.Popen([sys.executable, "-m", "attribution.cli", "worker"], env=env)
     stop = threading.Event()
     produced = [0]
