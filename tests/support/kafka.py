@@ -73,7 +73,10 @@ class Engine:
         self.readers: list[TopicReader] = []
         self.logs: list[str] = []
         create_topics(self.config)
-        self.producer = Producer(self.config.kafka({"enable.idempotence": True, "linger.ms": 5}))
+        # log_level 2: critical only; an engine left open after its broker stopped stays quiet
+        self.producer = Producer(
+            self.config.kafka({"enable.idempotence": True, "linger.ms": 5, "log_level": 2})
+        )
 
     def put_settings(self, *settings: ProjectSettings) -> None:
         publish(self.config, settings)
