@@ -26,6 +26,7 @@ from attribution.api.table import Change, ResultTable
 from attribution.infra.http import HEALTH_PATH, METRICS_PATH, READY_PATH
 
 COOKIE = "attribution_token"
+COOKIE_MAX_AGE_S = 12 * 3600  # the page's login lasts a working day
 STREAM_QUEUE = 10_000  # changes buffered per event-stream client; a slower client is dropped
 Id = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
 
@@ -74,6 +75,8 @@ def create_app(
             raise ApiError(401, "a bearer token is required (Authorization: Bearer <ATTRIBUTION_API_TOKEN>)")
 
     def ready() -> None:
+        if not alive():
+            raise ApiError(503, "the topic reader stopped (see the log); the data would be frozen")
         if not caught_up():
             raise ApiError(503, "catching up with the output topics; try again shortly")
 
@@ -198,12 +201,15 @@ def create_app(
         return EventSourceResponse(stream(), ping=15)
 
     @app.get("/", include_in_schema=False)
-    def index(token_param: Annotated[str | None, Query(alias="token")] = None) -> Response:
+    def index(request: Request, token_param: Annotated[str | None, Query(alias="token")] = None) -> Response:
         if token is not None and token_param is not None:  # log in: a cookie the stream sends too
             if not hmac.compare_digest(token_param.encode(), token.encode()):
                 raise ApiError(401, "wrong token")
             response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, token_param, httponly=True, samesite="strict")
+            secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+            response.set_cookie(
+                COOKIE, token_param, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict", secure=secure
+            )
             return response
         return HTMLResponse(page)
 

@@ -2,23 +2,26 @@
 
 No consumer group: every partition is assigned from the beginning, so each reader builds the whole
 table by itself (KTable-style) and scales and fails apart from the workers. ``caught_up`` turns
-true once every partition has been read to the end it had when the follower started.
+true once every partition has been read to its end once (librdkafka's partition-end event).
+Partitions added to a topic later are followed from their beginning (checked every 30 s).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from attribution.errors import MissingTopics
 from attribution.infra.config import Config
 from attribution.runtime import kafka_io
 
 log = logging.getLogger(__name__)
+PARTITION_CHECK_S = 30.0  # how often the topics' partition counts are checked (partitions added)
 
 #: on_record(kind, key, value, partition, offset), called from the follower's thread in offset
 #: order per partition
@@ -50,6 +53,8 @@ class TopicFollower:
         ]
         self._behind = {(tp.topic, tp.partition) for tp in partitions}
         self.consumer.assign(partitions)
+        self._assigned = {(tp.topic, tp.partition) for tp in partitions}
+        self._next_check = time.monotonic() + PARTITION_CHECK_S
         self.records = 0
         self._stop = threading.Event()
         self.caught_up = threading.Event()
@@ -63,6 +68,8 @@ class TopicFollower:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= self._next_check:
+                    self._follow_new_partitions()
                 for msg in self.consumer.consume(1000, 0.1):
                     err = msg.error()
                     topic, partition = msg.topic() or "", msg.partition() or 0
@@ -82,6 +89,26 @@ class TopicFollower:
             self.error = exc
         finally:
             self.consumer.close()
+
+    def _follow_new_partitions(self) -> None:
+        """Partitions added to a followed topic since the start are read from their beginning."""
+        self._next_check = time.monotonic() + PARTITION_CHECK_S
+        try:
+            topics = self.consumer.list_topics(timeout=5).topics
+        except KafkaException as exc:  # the broker is away: try again at the next check
+            log.debug("partition check: %s", exc)
+            return
+        new = [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in self.kinds
+            if topic in topics
+            for p in topics[topic].partitions
+            if (topic, p) not in self._assigned
+        ]
+        if new:
+            log.info("following %d new partitions: %s", len(new), [(t.topic, t.partition) for t in new])
+            self.consumer.incremental_assign(new)
+            self._assigned |= {(tp.topic, tp.partition) for tp in new}
 
     def _reached_end(self, tp: tuple[str, int]) -> None:
         if self._behind:
