@@ -11,9 +11,10 @@ from enum import StrEnum
 
 import msgspec
 
-from attribution.core.model import Click, Goal, Send
+from attribution.core.model import Click, Goal, Identity, Send, WebEvent
 from attribution.core.outputs import Conversion, DeadLetter
 from attribution.core.rules import ProjectSettings
+from attribution.core.subscriptions import SubscriptionsRecord
 from attribution.core.tally import TallyRecord
 
 
@@ -39,9 +40,15 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("sends", Role.INPUT, Send, "user key"),
     TopicSpec("clicks", Role.INPUT, Click, "user key"),
     TopicSpec("goals", Role.INPUT, Goal, "user key"),
+    TopicSpec("web_events", Role.INPUT, WebEvent, "user key"),
+    # internal: written and read by the workers (identities), co-partitioned with the inputs
+    TopicSpec("identity", Role.INPUT, Identity, "to: the device (link) or the owner (route)"),
     TopicSpec("settings", Role.CONTROL, ProjectSettings, "project_id", compacted=True, single_partition=True),
     TopicSpec("conversions", Role.OUTPUT, Conversion, "project_id:campaign_id"),
     TopicSpec("tallies", Role.OUTPUT, TallyRecord, "project_id:campaign_id", compacted=True),
+    TopicSpec(
+        "subscriptions", Role.OUTPUT, SubscriptionsRecord, "project_id, or project_id:day", compacted=True
+    ),
     TopicSpec("dlq", Role.OUTPUT, DeadLetter, "the original record's key"),
 )
 

@@ -86,7 +86,56 @@ class Goal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return self.user_id or self.device_id
 
 
-Event = Send | Click | Goal
+class WebEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A KARTE web event: a visit of its user at ``ts``; some names are also a web-push serve's
+    send, click, counter or permission change (``attribution.core.web``)."""
+
+    event_id: Id
+    project_id: Id
+    event: Id
+    visitor_id: Id
+    user_id: Id | None = None
+    session_id: Id
+    ts: TsMs
+    campaign_id: Id | None = None
+    message_id: Id | None = None
+    values: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def user_key(self) -> str:
+        return self.user_id or self.visitor_id
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A record of the internal ``identity`` topic, keyed by ``to`` (``attribution.core.identity``).
+
+    ``kind="link"``: device or visitor ``to`` was linked to user ``user_id`` at ``ts`` by event
+    ``event_id``. ``kind="route"``: the anonymous touch or goal ``event_id`` belongs to user ``to``
+    (or, ``retracted``, no longer does); ``item`` says which, with its fields. ``kind="share"``:
+    device ``device_id`` is linked to other users too: user ``to`` must send all its links to it."""
+
+    kind: Literal["link", "route", "share"]
+    project_id: Id
+    to: Id
+    ts: TsMs
+    event_id: Id
+    user_id: Id | None = None
+    retracted: bool = False
+    item: Literal["send", "click", "goal"] | None = None
+    campaign_id: Id | None = None
+    message_id: Id | None = None
+    channel: Channel | None = None
+    name: Id | None = None
+    device_id: Id | None = None
+    amount: str | None = None
+    currency: str | None = None
+
+    @property
+    def user_key(self) -> str:
+        return self.to
+
+
+Event = Send | Click | Goal | WebEvent | Identity
 
 
 class Position(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -36,6 +36,7 @@ class Conversion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     goal_ts: int
     amount: str | None
     currency: str | None
+    retracted: bool = False  # the conversion no longer holds (its touch or goal moved to another user)
 
     @property
     def key(self) -> str:

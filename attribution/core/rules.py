@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import zoneinfo
 from collections.abc import Iterable
 
 import msgspec
@@ -16,6 +17,7 @@ from attribution.core.model import Basis, Channel
 from attribution.errors import BadSettings
 
 MAX_WINDOW_MS = 90 * 24 * 3600 * 1000
+MAX_VISITOR_DAYS = 180
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _FORBIDDEN_IN_NAMES = "|"
 
@@ -53,20 +55,64 @@ class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
         return self.basis.get(channel.value, Basis.SEND)
 
 
+class CampaignGoal(msgspec.Struct, frozen=True, kw_only=True):
+    """A goal event measured for one campaign only (KARTE's per-serve goal), on both bases."""
+
+    campaign_id: str
+    event: str
+    window_ms: int
+
+
 class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     project_id: str
     version: int
     conversion_events: list[ConversionEvent]
+    campaign_goals: list[CampaignGoal] = msgspec.field(default_factory=list)
+    visitor_days: int = 7
+    timezone: str = "UTC"
 
-    def event(self, name: str) -> ConversionEvent | None:
+    def event(self, name: str, campaign_id: str | None = None) -> ConversionEvent | None:
+        """The conversion event ``name`` as measured for ``campaign_id`` (its own goal first)."""
+        if campaign_id is not None:
+            own = self.campaign_events.get(campaign_id)
+            if own is not None:
+                for ev in own:
+                    if ev.name == name:
+                        return ev
         for ev in self.conversion_events:
             if ev.name == name:
                 return ev
         return None
 
+    def events_for(self, campaign_id: str) -> list[ConversionEvent]:
+        """The conversion events measured for ``campaign_id``: the project's, its own goals replacing
+        a project event of the same name."""
+        own = self.campaign_events.get(campaign_id)
+        if own is None:
+            return self.conversion_events
+        names = {ev.name for ev in own}
+        return [*(ev for ev in self.conversion_events if ev.name not in names), *own]
+
+    @functools.cached_property
+    def campaign_events(self) -> dict[str, list[ConversionEvent]]:
+        out: dict[str, list[ConversionEvent]] = {}
+        for g in self.campaign_goals:
+            out.setdefault(g.campaign_id, []).append(ConversionEvent(name=g.event, window_ms=g.window_ms))
+        return out
+
+    @functools.cached_property
+    def goal_names(self) -> frozenset[str]:
+        """Every event name that is a goal of some campaign of the project."""
+        return frozenset(ev.name for ev in self.conversion_events) | {g.event for g in self.campaign_goals}
+
+    @functools.cached_property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
     @functools.cached_property  # read once per user per batch: computed once per settings version
     def max_window_ms(self) -> int:
-        return max((ev.window_ms for ev in self.conversion_events), default=0)
+        windows = [ev.window_ms for ev in self.conversion_events] + [g.window_ms for g in self.campaign_goals]
+        return max(windows, default=0)
 
 
 def parse_settings(raw: object, max_events: int = 5) -> ProjectSettings:
@@ -103,6 +149,32 @@ def validate(settings: ProjectSettings, max_events: int) -> None:
         _check_basis(at, ev.basis)
         if ev.purchase is not None and not _CURRENCY.match(ev.purchase.currency):
             raise BadSettings(f"{at}.purchase.currency", "must be an ISO 4217 code such as KRW or USD")
+    _check_campaign_goals(settings.campaign_goals)
+    if not 1 <= settings.visitor_days <= MAX_VISITOR_DAYS:
+        raise BadSettings("visitor_days", f"must be between 1 and {MAX_VISITOR_DAYS}")
+    try:
+        zoneinfo.ZoneInfo(settings.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise BadSettings(
+            "timezone", f"{settings.timezone!r} is not an IANA time zone name such as Asia/Tokyo"
+        ) from None
+
+
+def _check_campaign_goals(goals: list[CampaignGoal]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for i, g in enumerate(goals):
+        at = f"campaign_goals[{i}]"
+        if not g.campaign_id:
+            raise BadSettings(f"{at}.campaign_id", "must not be empty")
+        if not g.event or _FORBIDDEN_IN_NAMES in g.event:
+            raise BadSettings(
+                f"{at}.event", f"must be non-empty and must not contain {_FORBIDDEN_IN_NAMES!r}"
+            )
+        if (g.campaign_id, g.event) in seen:
+            raise BadSettings(f"{at}.event", f"duplicate goal {g.event!r} for campaign {g.campaign_id!r}")
+        seen.add((g.campaign_id, g.event))
+        if not 0 < g.window_ms <= MAX_WINDOW_MS:
+            raise BadSettings(f"{at}.window_ms", f"must be between 1 and {MAX_WINDOW_MS} (90 days)")
 
 
 def _check_basis(at: str, basis: dict[str, Basis]) -> None:

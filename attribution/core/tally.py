@@ -15,7 +15,18 @@ from attribution.core.model import Basis, Channel
 from attribution.core.money import add, fmt
 from attribution.core.rules import ProjectSettings
 
-COUNTS = ("sends", "send_users", "failed", "clicks", "click_users")
+COUNTS = (
+    "sends",
+    "send_users",
+    "failed",
+    "clicks",
+    "click_users",
+    # KARTE web push (attribution.core.web): counted, never sends nor clicks
+    "accepted",
+    "displayed",
+    "clicked_alias",
+    "link_clicks",
+)
 
 
 def conversions_field(event: str, basis: str) -> str:
@@ -28,6 +39,7 @@ def revenue_field(event: str, basis: str, currency: str) -> str:
 
 class CampaignDelta(msgspec.Struct, gc=False):
     """What one batch changes in one campaign's counters (an empty one republishes the tally).
+    ``campaign_id`` empty: the project's subscription counters, or those of ``day`` when set.
 
     A msgspec struct: made per user per batch, and encoded into the partition journal in C."""
 
@@ -37,6 +49,7 @@ class CampaignDelta(msgspec.Struct, gc=False):
     revenue: dict[str, Decimal] = msgspec.field(default_factory=dict)
     as_of_ts: int = 0
     channel: str | None = None
+    day: str | None = None
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -80,6 +93,10 @@ class TallyRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     clicks: int
     click_users: int
     events: dict[str, EventTally]
+    accepted: int = 0  # KARTE web push; 0 in records written before they existed
+    displayed: int = 0
+    clicked_alias: int = 0
+    link_clicks: int = 0
 
 
 def snapshot(
@@ -89,13 +106,13 @@ def snapshot(
     counts = {name: int(fields.get(name, 0)) for name in COUNTS}
     channel_name = fields.get("channel", "")
     channel = Channel(channel_name) if channel_name in Channel._value2member_map_ else None
-    names = {ev.name for ev in settings.conversion_events} if settings else set()
+    names = {ev.name for ev in settings.events_for(campaign_id)} if settings else set()
     for f in fields:
         if f.startswith(("c|", "r|")):
             names.add(f.split("|", 2)[1])
     events: dict[str, Any] = {}
     for name in sorted(names):
-        ev = settings.event(name) if settings else None
+        ev = settings.event(name, campaign_id) if settings else None
         primary = ev.primary_basis(channel) if ev is not None and channel is not None else Basis.SEND
         per_basis: dict[str, Any] = {}
         for basis in Basis:

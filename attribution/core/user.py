@@ -16,47 +16,26 @@ grace) replaces the credit, and the caller republishes it under the same ``conve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from decimal import Decimal
 
-from attribution.core.model import Basis, Channel, Click, Goal, Located, Send
-from attribution.core.money import fmt, purchase_amount
-from attribution.core.outputs import Conversion, conversion_id
-from attribution.core.rules import ConversionEvent, ProjectSettings
-from attribution.core.tally import CampaignDelta, conversions_field
+from attribution.core import identity, items, web
+from attribution.core import subscriptions as subs_rules
+from attribution.core.credit import Outcome, conversion, recompute_removed, recredit
+from attribution.core.identity import Routing
+from attribution.core.model import Channel, Goal, Identity, Located, Send, WebEvent
+from attribution.core.rules import MAX_VISITOR_DAYS, ProjectSettings
+from attribution.core.subscriptions import Subscriptions
+from attribution.core.tally import CampaignDelta
 from attribution.core.user_state import (
-    CONVERTS,
-    IS_SEND,
-    KIND_OF,
-    KINDS,
-    Credit,
-    Failed,
+    PERM_ON,
     GoalMark,
+    Mark,
     Touch,
     UserState,
 )
 
-_SEND = Basis.SEND.value
-_CLICK = Basis.CLICK.value
-_REACHED_BIT = {_SEND: 1, _CLICK: 2}
 _VALUE: dict[Channel, str] = {c: c.value for c in Channel}  # Enum.value is a slow descriptor
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What applying a user's events produced: outputs, counter deltas and per-topic counts."""
-
-    changed: bool = False
-    replayed: bool = False
-    conversions: list[Conversion] = field(default_factory=list)
-    campaigns: dict[str, CampaignDelta] = field(default_factory=dict)
-    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
-    amount_missing: list[str] = field(default_factory=list)
-
-    def count(self, topic: str, outcome: str) -> None:
-        k = (topic, outcome)
-        self.outcomes[k] = self.outcomes.get(k, 0) + 1
 
 
 def apply(
@@ -68,120 +47,176 @@ def apply(
     clock_ms: int,
     end_clock_ms: int,
     grace_ms: int,
+    identity_window_ms: int | None = None,
 ) -> Outcome:
     """Apply one batch of a user's events to ``state`` (in place) and say what changed.
 
     ``clock_ms`` is the partition's event-time clock before the batch (events older than it by more
     than ``grace_ms`` are late), ``end_clock_ms`` after it (what is older than retention is evicted).
     Events at or below the user's fence for their (topic, partition) were applied already: skipped.
+    ``identity_window_ms`` None: identities off; else anonymous touches and goals follow the user
+    their device is linked to (``attribution.core.identity``), within that window after them.
     """
     out = Outcome()
     deltas = out.campaigns
     fences = state.fences
     late_before = clock_ms - grace_ms
     touches_before, goals_before = len(state.touches), len(state.goals)  # both only grow until _evict
+    subs: Subscriptions | None = None
+    was_on = state.perm == PERM_ON
+    routing: Routing | None = None
+    if identity_window_ms is not None:
+        routing = Routing(
+            project_id,
+            user_key,
+            identity_window_ms,
+            functools.partial(items.delta_for, deltas, project_id),
+            out.identity,
+        )
+    relinked = False
     for located in events:
         ev, pos = located.event, located.pos
         stream = pos.stream
         if pos.offset <= fences.get(stream, -1):
             out.replayed = True
             out.count(pos.topic, "replayed")
+            if routing is not None:  # what it sent may not have reached Kafka the first time
+                if not isinstance(ev, Identity):
+                    routing.link(state, ev, replayed=True)
+                elif ev.kind == "share":
+                    routing.share(state, ev, replayed=True)
             continue
         fences[stream] = pos.offset
         out.changed = True
-        if ev.ts < late_before:
+        if ev.ts < late_before and not isinstance(ev, Identity):  # a route is as old as its event
             out.count(pos.topic, "late")
+        if isinstance(ev, Identity):
+            if routing is None:
+                result = "ignored"
+            elif ev.kind == "link":
+                result = routing.linked(state, ev)
+                relinked = relinked or result == "applied"
+            elif ev.kind == "share":
+                result = routing.share(state, ev)
+            else:
+                result = routing.receive(state, ev)
+            out.count(pos.topic, result)
+            continue
+        anonymous = routing if ev.user_id is None else None
         if isinstance(ev, Goal):
-            result = _add_goal(state, ev, settings)
+            mark = items.goal_mark(ev, settings)
+            result = "ignored" if mark is None else _take(state, mark, anonymous, deltas, project_id)
+        elif isinstance(ev, WebEvent):
+            if subs is None:
+                subs = Subscriptions(project_id)
+            result = _add_web(state, ev, settings, deltas, subs, anonymous)
+        elif isinstance(ev, Send) and ev.status == "failed":
+            result = items.add_failed(state, ev, items.delta_for(deltas, project_id, ev.campaign_id))
         else:
-            delta = deltas.get(ev.campaign_id)
-            if delta is None:
-                delta = deltas[ev.campaign_id] = CampaignDelta(project_id, ev.campaign_id)
-            result = _add_send(state, ev, delta) if isinstance(ev, Send) else _add_click(state, ev, delta)
+            touch = items.send_touch(ev) if isinstance(ev, Send) else items.click_touch(ev)
+            result = _take(state, touch, anonymous, deltas, project_id)
+        if routing is not None:
+            routing.link(state, ev)
         out.count(pos.topic, result)
+    window = settings.max_window_ms if settings is not None else 0
+    if routing is not None:
+        if relinked:
+            routing.reresolve(state, clock_ms - grace_ms - (identity_window_ms or 0))
+        if out.replayed:
+            routing.replay(state)
+            routing.reshare(state)
+    if subs is not None:
+        subs_rules.settle(state, was_on, subs_rules.zone_of(settings), subs)
+        out.subscriptions = list(subs.deltas.values())
     if out.replayed:
         _touch_all(state, project_id, deltas)
+    removed = routing.removed if routing is not None else set()
+    if removed:
+        recompute_removed(state, project_id, user_key, settings, out, removed)
     if out.changed and settings is not None:
-        _recredit(state, project_id, user_key, settings, out, touches_before, goals_before)
+        recredit(state, project_id, user_key, settings, out, touches_before, goals_before, bool(removed))
     if out.replayed:
         # A re-delivered batch may have been applied without its outputs reaching Kafka: say it again.
         emitted = {c.conversion_id for c in out.conversions}
         for credit in state.credits:
-            conv = _conversion(project_id, user_key, credit, settings)
+            conv = conversion(project_id, user_key, credit, settings)
             if conv.conversion_id not in emitted:
                 out.conversions.append(conv)
     if out.changed:
-        _evict(state, settings, end_clock_ms, grace_ms)
+        _evict(state, window, identity_window_ms or 0, end_clock_ms, grace_ms)
     return out
 
 
-def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
-    if ev.status == "failed":
-        if any(
-            f.campaign == ev.campaign_id and f.message_id == ev.message_id and f.device_id == ev.device_id
-            for f in state.failed
-        ):
-            return "duplicate"
-        state.failed.append(Failed(ev.campaign_id, ev.message_id, ev.device_id, ev.ts))
-        delta.add("failed")
-        delta.seen(ev.ts, _VALUE[ev.channel])
-        return "applied"
-    copy = False
-    for t in state.touches:
-        if IS_SEND[t.kind]:
-            if t.event_id == ev.event_id:
-                return "duplicate"
-            if t.campaign == ev.campaign_id and t.message_id == ev.message_id and t.device_id == ev.device_id:
-                copy = True
-    if copy:
-        # another copy of one message to one device: counted once, but every copy is a touch, so
-        # that arrival order cannot decide which copy's time the goal is measured against
-        state.touches.append(
-            Touch(ev.campaign_id, KIND_OF[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
-        )
-        return "duplicate"
-    state.touches.append(
-        Touch(ev.campaign_id, KIND_OF[ev.channel, _SEND], ev.ts, ev.event_id, ev.message_id, ev.device_id)
+def _take(
+    state: UserState,
+    item: Touch | GoalMark,
+    routing: Routing | None,
+    deltas: dict[str, CampaignDelta],
+    project_id: str,
+) -> str:
+    """A touch or goal of this user key: its own, or (anonymous, identities on) its device's owner's."""
+    if routing is not None:
+        return routing.take(state, item)
+    if isinstance(item, GoalMark):
+        return items.add_goal(state, item)
+    return items.add_touch(state, item, items.delta_for(deltas, project_id, item.campaign))
+
+
+def _add_web(
+    state: UserState,
+    ev: WebEvent,
+    settings: ProjectSettings | None,
+    deltas: dict[str, CampaignDelta],
+    subs: Subscriptions,
+    routing: Routing | None,
+) -> str:
+    """A KARTE web event (see ``attribution.core.web``): a visit, maybe a serve's send, click or
+    counter, a permission change, a goal."""
+    state.visit_ts = max(state.visit_ts, ev.ts)
+    subs.delta().seen(ev.ts)  # the project clock
+    name = ev.event
+    result = "visit"
+    if name in web.SERVE_EVENTS:
+        campaign = ev.campaign_id or ""
+        if name == web.CLICK:
+            touch = items.click_touch(web.as_click(ev))
+            result = _take(state, touch, routing, deltas, ev.project_id)
+        elif name == web.OPEN:
+            touch = items.send_touch(web.as_send(ev))
+            result = _take(state, touch, routing, deltas, ev.project_id)
+        elif name == web.FAIL:
+            result = items.add_failed(
+                state, web.as_send(ev), items.delta_for(deltas, ev.project_id, campaign)
+            )
+        else:
+            result = _count_web(
+                state, ev, web.COUNTED[name], items.delta_for(deltas, ev.project_id, campaign)
+            )
+    else:
+        on = web.permission(ev)
+        if on is not None:
+            subs_rules.set_permission(state, on, ev.ts, ev.event_id)
+            if name == web.SUBSCRIBE:
+                subs_rules.subscribed_in(state, ev.session_id, ev.ts, subs_rules.zone_of(settings), subs)
+            result = "applied"
+    mark = (
+        items.goal_mark(web.as_goal(ev), settings)
+        if settings is not None and name in settings.goal_names
+        else None
     )
-    delta.add("sends")
-    _reach(state, ev.campaign_id, _SEND, delta)
-    delta.seen(ev.ts, _VALUE[ev.channel])
-    return "applied"
+    if mark is not None:
+        as_goal = _take(state, mark, routing, deltas, ev.project_id)
+        if result == "visit":
+            result = as_goal
+    return result
 
 
-def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
-    if any(t.event_id == ev.event_id and not IS_SEND[t.kind] for t in state.touches):
+def _count_web(state: UserState, ev: WebEvent, counter: str, delta: CampaignDelta) -> str:
+    if any(m.event_id == ev.event_id for m in state.marks):
         return "duplicate"
-    state.touches.append(
-        Touch(ev.campaign_id, KIND_OF[ev.channel, _CLICK], ev.ts, ev.event_id, ev.message_id, ev.device_id)
-    )
-    delta.add("clicks")
-    _reach(state, ev.campaign_id, _CLICK, delta)
-    delta.seen(ev.ts, _VALUE[ev.channel])
-    return "applied"
-
-
-def _reach(state: UserState, campaign: str, basis: str, delta: CampaignDelta) -> None:
-    bits = state.reached.get(campaign, 0)
-    bit = _REACHED_BIT[basis]
-    if not bits & bit:
-        state.reached[campaign] = bits | bit
-        delta.add("send_users" if basis == _SEND else "click_users")
-
-
-def _add_goal(state: UserState, ev: Goal, settings: ProjectSettings | None) -> str:
-    conv_event = settings.event(ev.name) if settings is not None else None
-    if conv_event is None:
-        return "ignored"
-    if any(g.event_id == ev.event_id for g in state.goals):
-        return "duplicate"
-    amount: str | None = None
-    currency: str | None = None
-    if conv_event.purchase is not None:
-        value = purchase_amount(conv_event.purchase, ev.properties)
-        currency = conv_event.purchase.currency
-        amount = fmt(value) if value is not None else None
-    state.goals.append(GoalMark(ev.name, ev.ts, ev.event_id, ev.device_id, amount, currency))
+    state.marks.append(Mark(ev.event_id, ev.ts))
+    delta.add(counter)
+    delta.seen(ev.ts, _VALUE[Channel.WEB_PUSH])
     return "applied"
 
 
@@ -191,154 +226,49 @@ def _touch_all(state: UserState, project_id: str, deltas: dict[str, CampaignDelt
             deltas[campaign] = CampaignDelta(project_id, campaign)
 
 
-def _recredit(
-    state: UserState,
-    project_id: str,
-    user_key: str,
-    settings: ProjectSettings,
-    out: Outcome,
-    touches_before: int,
-    goals_before: int,
-) -> None:
-    """Recompute the credits the batch can have changed: those of the (campaign, basis) pairs it
-    added touches to and of the conversion events it added goals of; every credit when the settings
-    changed since they were computed.
-
-    Skipping the others changes nothing: between two batches that add to a pair or an event, its
-    touches and goals only lose members (eviction), and the first credit over subsets is never
-    better than the one over the sets it was kept from (an earlier goal, or the same goal with a
-    later touch, needs a goal or a touch that is gone)."""
-    if not state.goals:  # no goal, no credit (most users, most batches): nothing to recompute
-        return
-    every = state.settings_version != settings.version
-    state.settings_version = settings.version
-    new_goals = {g.name for g in state.goals[goals_before:]}
-    new_pairs = {(t.campaign, KINDS[t.kind][1]) for t in state.touches[touches_before:]}
-    if not (every or new_goals or new_pairs):
-        return
-    by_campaign: dict[tuple[str, str], list[Touch]] = {}
-    for t in state.touches:
-        if CONVERTS[t.kind]:
-            by_campaign.setdefault((t.campaign, KINDS[t.kind][1]), []).append(t)
-    if not by_campaign:
-        return
-    goals = sorted(state.goals, key=lambda g: (g.ts, g.event_id))
-    current = {(c.campaign, c.event, c.basis): i for i, c in enumerate(state.credits)}
-    for (campaign, basis), touches in sorted(by_campaign.items()):
-        whole_pair = every or (campaign, basis) in new_pairs
-        for conv_event in settings.conversion_events:
-            if not whole_pair and conv_event.name not in new_goals:
-                continue
-            best = _first_credit(campaign, basis, conv_event, touches, goals)
-            if best is None:
-                continue
-            index = current.get((campaign, conv_event.name, basis))
-            old = state.credits[index] if index is not None else None
-            if old is not None and not _better(best, old):
-                continue
-            if index is None:
-                state.credits.append(best)
-            else:
-                state.credits[index] = best
-            _count_credit(project_id, best, old, out)
-            out.conversions.append(_conversion(project_id, user_key, best, settings))
-
-
-def _first_credit(
-    campaign: str, basis: str, conv_event: ConversionEvent, touches: list[Touch], goals: list[GoalMark]
-) -> Credit | None:
-    window = conv_event.window_ms
-    for g in goals:
-        if g.name != conv_event.name:
-            continue
-        latest: Touch | None = None
-        for t in touches:
-            if t.ts <= g.ts <= t.ts + window and (
-                latest is None or (t.ts, t.event_id) > (latest.ts, latest.event_id)
-            ):
-                latest = t
-        if latest is not None:
-            return Credit(
-                campaign,
-                conv_event.name,
-                basis,
-                g.ts,
-                g.event_id,
-                g.device_id,
-                latest.ts,
-                latest.event_id,
-                latest.message_id,
-                latest.channel,
-                g.amount,
-                g.currency,
-            )
-    return None
-
-
-def _better(new: Credit, old: Credit) -> bool:
-    """True when ``new`` should replace ``old``: an earlier goal, or the same goal with a later touch."""
-    if (new.goal_ts, new.goal_event_id) != (old.goal_ts, old.goal_event_id):
-        return (new.goal_ts, new.goal_event_id) < (old.goal_ts, old.goal_event_id)
-    return (new.touch_ts, new.touch_event_id) > (old.touch_ts, old.touch_event_id)
-
-
-def _count_credit(project_id: str, new: Credit, old: Credit | None, out: Outcome) -> None:
-    delta = out.campaigns.get(new.campaign)
-    if delta is None:
-        delta = out.campaigns[new.campaign] = CampaignDelta(project_id, new.campaign)
-    delta.seen(new.goal_ts)
-    if old is None:
-        delta.add(conversions_field(new.event, new.basis))
-        if new.currency is not None and new.amount is None:
-            out.amount_missing.append(new.event)
-    elif old.amount is not None and old.currency is not None:
-        delta.add_revenue(old.event, old.basis, old.currency, Decimal(old.amount).copy_negate())
-    if new.amount is not None and new.currency is not None:
-        delta.add_revenue(new.event, new.basis, new.currency, Decimal(new.amount))
-
-
-def _conversion(project_id: str, user_key: str, c: Credit, settings: ProjectSettings | None) -> Conversion:
-    conv_event = settings.event(c.event) if settings is not None else None
-    primary = conv_event is not None and conv_event.primary_basis(Channel(c.channel)).value == c.basis
-    return Conversion(
-        conversion_id=conversion_id(project_id, c.campaign, c.event, c.basis, user_key),
-        project_id=project_id,
-        campaign_id=c.campaign,
-        message_id=c.message_id,
-        channel=c.channel,
-        event=c.event,
-        basis=c.basis,
-        primary=primary,
-        user_key=user_key,
-        device_id=c.device_id,
-        touch_event_id=c.touch_event_id,
-        touch_ts=c.touch_ts,
-        goal_event_id=c.goal_event_id,
-        goal_ts=c.goal_ts,
-        amount=c.amount,
-        currency=c.currency,
-    )
-
-
-def _evict(state: UserState, settings: ProjectSettings | None, clock_ms: int, grace_ms: int) -> None:
-    """Drop what no event within grace can still need; remember how long the rest matters."""
-    window = settings.max_window_ms if settings is not None else 0
-    touch_horizon = clock_ms - grace_ms - window
-    goal_horizon = clock_ms - grace_ms
+def _evict(state: UserState, window: int, identity_ms: int, clock_ms: int, grace_ms: int) -> None:
+    """Drop what no event within grace can still need; remember how long the rest matters. With
+    identities on (``identity_ms``), touches and goals are kept that much longer: a link arriving
+    within grace can move an anonymous event that old, and its owner's credits are then recomputed."""
+    touch_horizon = clock_ms - grace_ms - window - identity_ms
+    goal_horizon = clock_ms - grace_ms - identity_ms
     expires = max(state.expires_ts, clock_ms)
     if state.touches:
         if min(t.ts for t in state.touches) < touch_horizon:
+            items.seal(state, [t for t in state.touches if t.ts < touch_horizon])
             state.touches = [t for t in state.touches if t.ts >= touch_horizon]
         if state.touches:
-            expires = max(expires, max(t.ts for t in state.touches) + window + grace_ms)
+            expires = max(expires, max(t.ts for t in state.touches) + window + identity_ms + grace_ms)
     if state.goals:
         if min(g.ts for g in state.goals) < goal_horizon:
             state.goals = [g for g in state.goals if g.ts >= goal_horizon]
         if state.goals:
-            expires = max(expires, max(g.ts for g in state.goals) + grace_ms)
+            expires = max(expires, max(g.ts for g in state.goals) + identity_ms + grace_ms)
+    if state.lent:
+        identity.evict_lent(state, goal_horizon)
+        if state.lent:
+            expires = max(expires, max(lt.ts for lt in state.lent) + identity_ms + grace_ms)
+    if state.links or state.links_out:
+        identity.evict_links(state, goal_horizon)
+        if state.links:  # as a device: its last link decides its later anonymous events
+            expires = max(expires, state.links[-1].ts + identity.LINK_HOLD_MS)
+        for device in state.shared:  # as a user of a shared device: keep sending it every link
+            expires = max(expires, state.links_out.get(device, [0])[-1] + identity.LINK_HOLD_MS)
     if state.failed:  # same dedupe horizon as sends
         if min(f.ts for f in state.failed) < touch_horizon:
             state.failed = [f for f in state.failed if f.ts >= touch_horizon]
         if state.failed:
             expires = max(expires, max(f.ts for f in state.failed) + window + grace_ms)
+    if state.marks:  # same dedupe horizon as sends
+        if min(m.ts for m in state.marks) < touch_horizon:
+            state.marks = [m for m in state.marks if m.ts >= touch_horizon]
+        if state.marks:
+            expires = max(expires, max(m.ts for m in state.marks) + window + grace_ms)
+    if state.sessions:
+        subs_rules.evict_sessions(state, clock_ms - grace_ms)
+        if state.sessions:
+            newest = max(s.ts for s in state.sessions.values())
+            expires = max(expires, newest + subs_rules.SESSION_HOLD_MS + grace_ms)
+    if state.perm:
+        expires = max(expires, subs_rules.hold_until(state, MAX_VISITOR_DAYS))
     state.expires_ts = expires

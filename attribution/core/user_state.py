@@ -63,8 +63,55 @@ class Credit(msgspec.Struct, array_like=True, frozen=True, gc=False):
     currency: str | None
 
 
+class Mark(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A counted-only web event (accepted, displayed...), kept to count each ``event_id`` once."""
+
+    event_id: str
+    ts: int
+
+
+class SubSession(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A session in which the user subscribed: its earliest subscribe and the day it is counted on."""
+
+    ts: int
+    day: str
+
+
+class Linked(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A link of this device or visitor to ``user`` from ``ts`` (``attribution.core.identity``)."""
+
+    ts: int
+    user: str
+
+
+class Lent(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An anonymous touch or goal of this device that once belonged to another user: its current
+    ``owner`` (this key when it came back) and the owners it had (to tell them again after a crash)."""
+
+    owner: str
+    was: list[str]
+    touch: Touch | None = None
+    goal: GoalMark | None = None
+
+    @property
+    def ts(self) -> int:
+        item = self.touch or self.goal
+        return item.ts if item is not None else 0
+
+    @property
+    def event_id(self) -> str:
+        item = self.touch or self.goal
+        return item.event_id if item is not None else ""
+
+
+#: permission values of UserState.perm
+PERM_NONE, PERM_ON, PERM_OFF = 0, 1, 2
+
+
 class UserState(msgspec.Struct, array_like=True, gc=False):
-    """Everything kept for one user key; serialised as one msgpack blob in Redis."""
+    """Everything kept for one user key; serialised as one msgpack blob in Redis.
+
+    New fields go at the end with a default: a blob written before them still decodes."""
 
     fences: dict[str, int] = msgspec.field(default_factory=dict)
     touches: list[Touch] = msgspec.field(default_factory=list)
@@ -74,6 +121,20 @@ class UserState(msgspec.Struct, array_like=True, gc=False):
     credits: list[Credit] = msgspec.field(default_factory=list)
     expires_ts: int = 0
     settings_version: int = -1  # the project settings version the credits were computed under
+    # -- KARTE web push (attribution.core.web, attribution.core.subscriptions) --
+    marks: list[Mark] = msgspec.field(default_factory=list)
+    visit_ts: int = -1  # the latest web event (a visit), -1 before any
+    perm: int = PERM_NONE  # web-push permission, set by the permission event with the greatest...
+    perm_ts: int = -1  # ...ts,
+    perm_id: str = ""  # ...then event id
+    bucket: str = ""  # the subscription counter the user is counted in: '<day>|on', '<day>|off', ''
+    sessions: dict[str, SubSession] = msgspec.field(default_factory=dict)
+    # -- identities (attribution.core.identity) --
+    links: list[Linked] = msgspec.field(default_factory=list)  # sorted by (ts, user)
+    lent: list[Lent] = msgspec.field(default_factory=list)
+    # as a user: the link times of each device it was seen on, and the devices shared with others
+    links_out: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    shared: list[str] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -15,11 +15,12 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from attribution.contract.topics import INPUTS
 from attribution.core.rules import SettingsBook, parse_settings
 from attribution.core.user_state import decode_state
+from attribution.devkit.bench_links import identity_backlog
 from attribution.devkit.bench_load import SETTINGS, Shape, backlog
 from attribution.devkit.bench_rss import lag, worker_rss
 from attribution.devkit.demo import services
@@ -135,6 +136,25 @@ def _engine(config: Config, total: int) -> dict[str, Any]:
         "seconds": elapsed,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
     }
+
+
+def _identity_cost(base: Config, shape: Shape, now: int) -> dict[str, Any]:
+    """Catch-up of the identity backlog with identities off, then on (the same records)."""
+    records = identity_backlog(shape, now - 6 * 3600_000, 4 * 3600_000)
+    out: dict[str, Any] = {"events": len(records)}
+    for on in (False, True):
+        config = _fresh(base, identities=on)
+        _produce(config, records)
+        out["on" if on else "off"] = _engine(config, len(records))
+        if on:
+            probe = Consumer(config.kafka({"group.id": f"count-{uuid.uuid4().hex[:6]}"}))
+            out["identity_records"] = sum(
+                probe.get_watermark_offsets(TopicPartition(config.topic("identity"), p), timeout=10)[1]
+                for p in range(config.partitions)
+            )
+            probe.close()
+    out["on_over_off"] = out["on"]["events_per_s"] / out["off"]["events_per_s"]
+    return out
 
 
 def _naive(config: Config, records: list[tuple[str, bytes, bytes]]) -> float:
@@ -260,6 +280,7 @@ def run_bench(
         res["ceiling_consume_parse_produce"] = _ceiling(config, total, produce=True)
         res["engine"] = _engine(config, total)
         res["memory"] = _memory(config, before)
+        res["identities"] = _identity_cost(base, shape, now)
         res["naive_events_per_s"] = _naive(config, records[:naive_events])
         # the embedded broker holds each fetch for the full fetch.wait.max.ms (Kafka answers when data
         # arrives): measure the engine with a short wait, and say so in the table
@@ -295,7 +316,7 @@ def render_rss(r: dict[str, Any]) -> str:
 
 
 def render(r: dict[str, Any]) -> str:
-    e, lat, mem = r["engine"], r["latency"], r["memory"]
+    e, lat, mem, ids = r["engine"], r["latency"], r["memory"], r["identities"]
     rows = [
         ("backlog events", f"{r['events']:,}"),
         ("ceiling: consume + parse", f"{r['ceiling_consume_parse']:,.0f} ev/s"),
@@ -303,6 +324,12 @@ def render(r: dict[str, Any]) -> str:
         ("engine catch-up", f"{e['events_per_s']:,.0f} ev/s ({e['seconds']:.1f} s)"),
         ("  stages (s)", ", ".join(f"{k} {v}" for k, v in sorted(e["stage_seconds"].items()))),
         ("naive (2 round trips per event)", f"{r['naive_events_per_s']:,.0f} ev/s"),
+        (
+            "identity backlog: identities off / on",
+            f"{ids['off']['events_per_s']:,.0f} / {ids['on']['events_per_s']:,.0f} ev/s "
+            f"({ids['events']:,} events, {ids['identity_records']:,} identity records): "
+            f"on / off {ids['on_over_off']:.2f}",
+        ),
         (
             f"latency goal->tally @ {lat['rate']}/s",
             f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "

@@ -17,9 +17,10 @@ import msgspec
 
 from attribution.contract.topics import TOPICS, Role
 from attribution.core import user as user_rules
-from attribution.core.model import Event, Located, Position
+from attribution.core import web
+from attribution.core.model import Event, Identity, Located, Position, WebEvent
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
-from attribution.core.rules import SettingsBook
+from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.core.user_state import decode_state, encode_state
 from attribution.errors import BadInput, StateConflict
 from attribution.state.base import Store
@@ -37,7 +38,7 @@ CONFLICT_RETRIES = 3
 
 
 class Record(NamedTuple):
-    """An input record as a runtime read it; ``kind`` is sends, clicks or goals."""
+    """An input record as a runtime read it; ``kind`` is the input topic's name (sends, web_events...)."""
 
     kind: str
     topic: str
@@ -52,6 +53,8 @@ class EngineConfig:
     grace_ms: int = 60_000
     state_margin_ms: int = 24 * 3600 * 1000
     max_event_bytes: int = 64 * 1024
+    identities: bool = True
+    identity_window_ms: int | None = None  # None: each project's longest conversion window
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class BatchResult:
     """Everything a batch produced, for the runtime to publish and to count."""
 
     conversions: list[Conversion] = field(default_factory=list)
+    identity: list[Identity] = field(default_factory=list)  # records for the identity topic
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     amount_missing: Counter[str] = field(default_factory=Counter)
@@ -128,6 +132,13 @@ class Processor:
                 self._apply_groups(dict(items[half:]), result, now_ms)
                 return
 
+    def _identity_window(self, settings: ProjectSettings | None) -> int | None:
+        if not self.config.identities:
+            return None
+        if self.config.identity_window_ms is not None:
+            return self.config.identity_window_ms
+        return settings.max_window_ms if settings is not None else 0
+
     def _decode(self, record: Record, result: BatchResult) -> Event | None:
         reason = self._problem(record)
         event: Event | None = None
@@ -138,11 +149,17 @@ class Processor:
                 reason = f"invalid {record.kind} event: {exc}"
             except msgspec.DecodeError as exc:  # the parent class: malformed JSON
                 reason = f"not JSON: {exc}"
-        if event is not None and (record.key or b"").decode("utf-8", "replace") != event.user_key:
+        if event is not None and isinstance(event, WebEvent):
+            reason = web.problem(event)
+        if (
+            event is not None
+            and reason is None
+            and (record.key or b"").decode("utf-8", "replace") != event.user_key
+        ):
             # the DLQ record shows the key and the raw value; the reason names neither (it is logged)
             reason = (
-                "record key is not the event's user key (user_id, else device_id): producers must key "
-                "records by user so a user's sends, clicks and goals share a partition"
+                "record key is not the event's user key (user_id, else device_id or visitor_id): producers "
+                "must key records by user so a user's events share a partition"
             )
         if reason is not None:
             result.dead_letters.append(
@@ -187,6 +204,7 @@ class Processor:
 
         batches = {p: PartitionBatch(p, end_clock[p]) for p in partitions}
         conversions: list[Conversion] = []
+        routed: list[Identity] = []
         outcomes: Counter[tuple[str, str]] = Counter()
         amount_missing: Counter[str] = Counter()
         poisoned: list[tuple[list[Located], str]] = []
@@ -196,15 +214,17 @@ class Processor:
             partition = located[0].pos.partition
             try:
                 state = decode_state(blob)
+                settings = self.settings.get(project)
                 out = user_rules.apply(
                     state,
                     project,
                     user_key,
                     located,
-                    self.settings.get(project),
+                    settings,
                     start_clock[partition],
                     end_clock[partition],
                     grace,
+                    self._identity_window(settings),
                 )
             except Exception as exc:  # a poison pill: this user's events only, never the whole batch
                 # no raw user key in a log line (personal data): the DLQ record carries it
@@ -223,17 +243,20 @@ class Processor:
                 amount_missing.update(out.amount_missing)
             if out.conversions:
                 conversions.extend(out.conversions)
+            if out.identity:
+                routed.extend(out.identity)
             if out.changed:
                 ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
                 batch = batches[partition]
                 batch.users.append((key, encode_state(state), ttl_ms))
-                if out.campaigns:
-                    batch.deltas[key] = list(out.campaigns.values())
+                if out.campaigns or out.subscriptions:
+                    batch.deltas[key] = [*out.campaigns.values(), *out.subscriptions]
 
         started = time.perf_counter()
         self.ledger.commit([b for b in batches.values() if b.users], now)
         result.redis_seconds["apply"] = time.perf_counter() - started
         result.conversions.extend(conversions)
+        result.identity.extend(routed)
         result.outcomes.update(outcomes)
         result.amount_missing.update(amount_missing)
         for located, reason in poisoned:

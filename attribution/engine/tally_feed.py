@@ -1,4 +1,5 @@
-"""Publishes absolute tally snapshots of the campaigns marked dirty in the state store.
+"""Publishes absolute snapshots of the counters marked dirty in the state store: campaign tallies
+(to ``tallies``) and the projects' subscription records (to ``subscriptions``).
 
 A campaign's dirty mark is raised to its new version right after every change of its counters (and
 again by the recovery of a torn batch), so a crash between a batch and its tally publication loses
@@ -15,19 +16,22 @@ from collections.abc import Callable
 from typing import Any
 
 from attribution.core.rules import SettingsBook
+from attribution.core.subscriptions import day_snapshot, now_snapshot
 from attribution.core.tally import snapshot
 from attribution.errors import AttributionError
 from attribution.state.base import Store
-from attribution.state.keys import Keys
+from attribution.state.keys import Keys, Subject
 
-# publish(kafka_key, snapshot, on_offset): on_offset(offset) once the broker appended the record
-Publish = Callable[[str, dict[str, Any], Callable[[int], None]], None]
+# publish(topic, kafka_key, snapshot, on_offset): on_offset(offset) once the broker appended the
+# record; topic is "tallies" or "subscriptions" (the name without ATTRIBUTION_TOPIC_PREFIX)
+Publish = Callable[[str, str, dict[str, Any], Callable[[int], None]], None]
 
 
 class TallyFeed:
-    """``publish_dirty`` reads up to ``limit`` dirty campaigns, hands snapshots to ``publish`` (with the
-    Kafka key ``project_id:campaign_id``), calls ``flush`` (which must make them durable and report
-    their offsets), then acknowledges them with the offsets they got."""
+    """``publish_dirty`` reads up to ``limit`` dirty members, hands snapshots to ``publish`` (with the
+    Kafka key ``project_id:campaign_id``, ``project_id`` or ``project_id:day``), calls ``flush``
+    (which must make them durable and report their offsets), then acknowledges them with the offsets
+    they got."""
 
     def __init__(self, store: Store, keys: Keys, settings: SettingsBook, limit: int = 5000) -> None:
         self.store = store
@@ -39,22 +43,29 @@ class TallyFeed:
         members = self.store.dirty(self.limit)
         if not members:
             return 0
-        idents = [self.keys.parse_member(m) for m in members]
-        keys = [self.keys.campaign(p, c) for p, c in idents]
+        subjects = [self.keys.parse_subject(m) for m in members]
+        keys = [self.keys.counters_of(s) for s in subjects]
         versions: dict[str, int] = {}
         offsets: dict[str, int] = {}
-        for member, (project_id, campaign_id), fields in zip(
-            members, idents, self.store.counters(keys), strict=True
-        ):
+        for member, subject, fields in zip(members, subjects, self.store.counters(keys), strict=True):
             if not fields:  # expired or never written: nothing to say, forget the mark
                 versions[member], offsets[member] = -1, -1
                 continue
-            snap = snapshot(project_id, campaign_id, fields, self.settings.get(project_id))
+            topic, key, snap = self._snapshot(subject, fields)
             versions[member] = snap["version"]
-            publish(f"{project_id}:{campaign_id}", snap, functools.partial(offsets.__setitem__, member))
+            publish(topic, key, snap, functools.partial(offsets.__setitem__, member))
         flush()
         missing = [m for m in versions if m not in offsets]
         if missing:  # flush() returned without a delivery report: keep the marks, publish again
             raise AttributionError(f"no delivery report for {len(missing)} tally snapshots")
         self.store.ack([(m, v, offsets[m]) for m, v in versions.items()])
         return len(members)
+
+    def _snapshot(self, subject: Subject, fields: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
+        project_id, campaign_id, day = subject
+        if campaign_id is not None:
+            snap = snapshot(project_id, campaign_id, fields, self.settings.get(project_id))
+            return "tallies", f"{project_id}:{campaign_id}", snap
+        if day is not None:
+            return "subscriptions", f"{project_id}:{day}", day_snapshot(project_id, day, fields)
+        return "subscriptions", project_id, now_snapshot(project_id, fields, self.settings.get(project_id))

@@ -46,6 +46,9 @@ class Config(BaseSettings):
     tally_ttl_ms: int = Field(90 * 24 * 3600 * 1000, ge=60_000)
     max_conversion_events: int = Field(5, ge=1, le=20)
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    # identities: anonymous touches and goals follow the user their device is linked to
+    identities: bool = True
+    identity_window_ms: int | None = Field(None, ge=0, le=90 * 24 * 3600 * 1000)  # None: longest window
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     poll_timeout_ms: int = Field(20, ge=1, le=60_000)
     max_idle_ms: int = Field(1_000, ge=0, le=600_000)

@@ -43,7 +43,8 @@ class Metrics:
         )
         self.events = Counter(
             "attribution_events",
-            "Input records by topic and outcome (applied, duplicate, replayed, ignored, late, dlq)",
+            "Input records by topic and outcome "
+            "(applied, duplicate, replayed, ignored, visit, routed, retracted, late, dlq)",
             ["topic", "outcome"],
             registry=r,
         )

@@ -78,16 +78,17 @@ class Outputs:
             self.producer.begin_transaction()
             self.in_transaction = True
 
-    def publish_tallies(self, feed: TallyFeed, topic: str) -> int:
-        """Publish the snapshots of the dirty campaigns (see TallyFeed); returns how many."""
+    def publish_tallies(self, feed: TallyFeed) -> int:
+        """Publish the snapshots of the dirty campaigns and subscription records (see TallyFeed);
+        returns how many."""
         flushed = False
 
-        def publish(member: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+        def publish(topic: str, key: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
             def delivered(err: Any, msg: Any) -> None:
                 if err is None:
                     on_offset(msg.offset() or 0)
 
-            self.produce(topic, member.encode(), orjson.dumps(snap), delivered)
+            self.produce(self.config.topic(topic), key.encode(), orjson.dumps(snap), delivered)
 
         def flush() -> None:
             nonlocal flushed
@@ -104,6 +105,8 @@ class Outputs:
         cfg = self.config
         for c in result.conversions:
             self.produce(cfg.topic("conversions"), c.key.encode(), msgspec.json.encode(c))
+        for r in result.identity:  # keyed by the user whose partition takes it in
+            self.produce(cfg.topic("identity"), r.to.encode(), msgspec.json.encode(r))
         for d in result.dead_letters:
             self.produce(cfg.topic("dlq"), d.key.encode() if d.key else None, msgspec.json.encode(d))
             log.warning("DLQ %s[%d]@%d: %s", d.topic, d.partition, d.offset, d.error)

@@ -71,7 +71,13 @@ class Worker:
         self.keys = Keys(config.redis_prefix)
         self.book = SettingsBook()
         self.store = RedisStore.from_url(config.redis_url.get_secret_value(), self.keys, config.tally_ttl_ms)
-        engine = EngineConfig(config.grace_ms, config.state_margin_ms, config.max_event_bytes)
+        engine = EngineConfig(
+            config.grace_ms,
+            config.state_margin_ms,
+            config.max_event_bytes,
+            config.identities,
+            config.identity_window_ms,
+        )
         self.processor = Processor(self.store, self.keys, self.book, engine)
         self.tally_feed = TallyFeed(self.store, self.keys, self.book)
         self.kinds = {config.topic(kind): kind for kind in INPUTS}
@@ -285,7 +291,7 @@ class Worker:
             self.paused -= to_resume
 
     def _publish_tallies(self, outputs: Outputs) -> None:
-        self.metrics.tallies.inc(outputs.publish_tallies(self.tally_feed, self.config.topic("tallies")))
+        self.metrics.tallies.inc(outputs.publish_tallies(self.tally_feed))
 
     # -- callbacks and metrics -----------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class CounterWrite:
     seq: int = 1
     as_of_ts: int = 0
     channel: str | None = None
+    persist: bool = False  # never expires (subscription counters: subscribers are kept until they leave)
     counts: dict[str, int] = field(default_factory=dict)
     revenue: dict[str, Decimal] = field(default_factory=dict)
 

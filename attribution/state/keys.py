@@ -19,14 +19,24 @@ key                                         type    contents
                                                     ``r|event|basis|currency`` (decimal strings),
                                                     ``version``, ``as_of``, ``channel``, ``f|<partition>``
                                                     (seq of the last batch of that partition applied)
-``<prefix>:campaigns:{<project>}``          set     dirty members of the project's campaigns (to
-                                                    republish them all when its settings change)
+``<prefix>:s:{<project>}``                  hash    the project's subscription counters: ``on``
+                                                    (users whose web-push permission is on),
+                                                    ``v|<day>|on`` / ``v|<day>|off`` (users by last
+                                                    visit day and permission), ``as_of`` (the
+                                                    project clock), ``version``, ``f|<partition>``
+``<prefix>:sd:{<project>|<day>}``           hash    one day's subscription counters (``sessions``),
+                                                    ``version``, ``as_of``, ``f|<partition>``
+``<prefix>:campaigns:{<project>}``          set     dirty members of the project's campaigns and
+                                                    subscription records (to republish them all
+                                                    when its settings change)
 ``<prefix>:j:{p<partition>}``               hash    the partition's journal: ``seq`` of its last batch,
                                                     ``clock`` newest event ts (ms), ``body`` that batch's
                                                     counter deltas per user (``attribution.state.ledger``)
-``<prefix>:dirty:{tally}``                  zset    ``["project","campaign"]`` (JSON) members whose
-                                                    tally must be (re)published; score = the campaign's
-                                                    newest version
+``<prefix>:dirty:{tally}``                  zset    members whose record must be (re)published, JSON:
+                                                    ``["project","campaign"]`` a campaign tally,
+                                                    ``["project"]`` the subscriptions record,
+                                                    ``["project","day",0]`` a day's subscriptions;
+                                                    score = the counters' newest version
 ``<prefix>:appended:{tally}``               hash    member -> ``<offset>:<version>`` of its last record
                                                     on the tallies topic (same slot as the dirty set)
 ``<prefix>:settings:{settings}``            hash    project id -> ``<version>|<JSON settings>``: the
@@ -43,6 +53,7 @@ different (project, id) pairs can never name the same key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -51,6 +62,15 @@ _ESCAPES = str.maketrans({"%": "%25", "|": "%7C", "{": "%7B", "}": "%7D"})
 
 def _tag(project_id: str, other: str) -> str:
     return f"{{{project_id.translate(_ESCAPES)}|{other.translate(_ESCAPES)}}}"
+
+
+class Subject(NamedTuple):
+    """What a counter hash counts: a campaign (``campaign_id``), the project's subscriptions (neither)
+    or one day of them (``day``)."""
+
+    project_id: str
+    campaign_id: str | None = None
+    day: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +92,38 @@ class Keys:
     def parse_member(member: str) -> tuple[str, str]:
         project_id, campaign_id = orjson.loads(member)
         return str(project_id), str(campaign_id)
+
+    def subscriptions(self, project_id: str) -> str:
+        return f"{self.prefix}:s:{{{project_id.translate(_ESCAPES)}}}"
+
+    def subscription_day(self, project_id: str, day: str) -> str:
+        return f"{self.prefix}:sd:{_tag(project_id, day)}"
+
+    @staticmethod
+    def subject_member(subject: Subject) -> str:
+        """The dirty-set member of any counter hash (``member`` for a campaign's)."""
+        if subject.campaign_id is not None:
+            return orjson.dumps([subject.project_id, subject.campaign_id]).decode()
+        if subject.day is not None:
+            return orjson.dumps([subject.project_id, subject.day, 0]).decode()
+        return orjson.dumps([subject.project_id]).decode()
+
+    @staticmethod
+    def parse_subject(member: str) -> Subject:
+        parts = orjson.loads(member)
+        if len(parts) == 1:
+            return Subject(str(parts[0]))
+        if len(parts) == 3:
+            return Subject(str(parts[0]), None, str(parts[1]))
+        return Subject(str(parts[0]), str(parts[1]))
+
+    def counters_of(self, subject: Subject) -> str:
+        """The counter hash of ``subject``."""
+        if subject.campaign_id is not None:
+            return self.campaign(subject.project_id, subject.campaign_id)
+        if subject.day is not None:
+            return self.subscription_day(subject.project_id, subject.day)
+        return self.subscriptions(subject.project_id)
 
     def project_campaigns(self, project_id: str) -> str:
         return f"{self.prefix}:campaigns:{{{project_id.translate(_ESCAPES)}}}"

@@ -31,7 +31,7 @@ from attribution.core.tally import CampaignDelta
 from attribution.errors import AttributionError, BadInput, LostState, StateConflict
 from attribution.state.base import CounterWrite, Journal, OpenBatch, Store, UserWrite
 from attribution.state.generation import REBUILD_HINT
-from attribution.state.keys import Keys
+from attribution.state.keys import Keys, Subject
 
 _DECIMAL = re.compile(r"-?\d+(\.\d+)?")
 
@@ -157,19 +157,20 @@ def _check_revenue(revenue: dict[str, Decimal]) -> None:
 
 def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -> list[CounterWrite]:
     """The deltas of ``entries`` summed per campaign, fenced by (partition, seq)."""
-    out: dict[tuple[str, str], CounterWrite] = {}
+    out: dict[Subject, CounterWrite] = {}
     for _, deltas in entries:
         for d in deltas:
-            ident = (d.project_id, d.campaign_id)
+            ident = Subject(d.project_id, d.campaign_id or None, d.day)
             c = out.get(ident)
             if c is None:
                 c = out[ident] = CounterWrite(
-                    key=keys.campaign(*ident),
-                    member=keys.member(*ident),
+                    key=keys.counters_of(ident),
+                    member=keys.subject_member(ident),
                     project_key=keys.project_campaigns(d.project_id),
                     partition=partition,
                     seq=seq,
                     channel=d.channel,
+                    persist=ident.campaign_id is None,
                 )
             elif c.channel is None:
                 c.channel = d.channel

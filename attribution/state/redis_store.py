@@ -106,7 +106,15 @@ class RedisStore:
             args: list[Any] = [now_ms, self.tally_ttl_ms]
             for i in group:
                 c = counters[i]
-                args += [c.partition, c.seq, c.as_of_ts, c.channel or "", len(c.counts), len(c.revenue)]
+                args += [
+                    c.partition,
+                    c.seq,
+                    c.as_of_ts,
+                    c.channel or "",
+                    0 if c.persist else 1,
+                    len(c.counts),
+                    len(c.revenue),
+                ]
                 for name, n in c.counts.items():
                     args += [name, n]
                 for name, amount in c.revenue.items():
@@ -147,7 +155,7 @@ class RedisStore:
     def touch_project(self, project_key: str, now_ms: int) -> int:
         """Bump the version of every campaign in ``project_key`` and mark it dirty."""
         members = sorted(m.decode() for m in cast(set[bytes], self.client.smembers(project_key)))
-        keys = [self.keys.campaign(*self.keys.parse_member(m)) for m in members]
+        keys = [self.keys.counters_of(self.keys.parse_subject(m)) for m in members]
         groups = self.router.split(keys)
         versions: dict[str, int] = {}
         for group, reply in zip(

@@ -55,7 +55,7 @@ WORKER_COMMANDS = (
     *("ping", "info", "select"),
     # the scripts, and what they call
     *("evalsha", "script|load", "get", "set", "getrange", "hget", "hset", "hsetnx", "hincrby"),
-    *("pexpire", "zadd", "zscore", "zrem"),
+    *("pexpire", "persist", "zadd", "zscore", "zrem"),
     # plain reads and writes
     *("hmget", "hgetall", "hvals", "zrange", "sadd", "smembers"),
     # a cluster client: the slot map, the command table, a slot being moved

@@ -210,6 +210,8 @@ def test_worker_refuses_input_topics_that_are_not_copartitioned(kafka_bootstrap:
             NewTopic(config.topic("sends"), 3, 1),
             NewTopic(config.topic("clicks"), 2, 1),
             NewTopic(config.topic("goals"), 3, 1),
+            NewTopic(config.topic("web_events"), 3, 1),
+            NewTopic(config.topic("identity"), 3, 1),
         ]
     )
     for f in futures.values():

@@ -95,7 +95,7 @@ KEY_SERIES = (
     'attribution_consumer_lag{topic=~".+sends"}',
     'attribution_consumer_lag{topic=~".+goals"}',
     'attribution_rebalances_total{kind="assign"} > 0',
-    "attribution_assigned_partitions == 9",
+    "attribution_assigned_partitions == 15",  # 5 input topics (identity included) x 3
     "attribution_state_conflicts_total",
     "attribution_recovered_batches_total",
     f'attribution_settings_version{{project="{PROJECT}"}} == 1',

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from attribution.core.model import Click, Event, Goal, Send
+from attribution.core.model import Click, Event, Goal, Identity, Send, WebEvent
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.core.tally import snapshot
 from attribution.engine.processor import EngineConfig, Processor, Record
@@ -18,7 +18,7 @@ from attribution.state.base import Store
 from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore
 
-KIND_OF = {Send: "sends", Click: "clicks", Goal: "goals"}
+KIND_OF = {Send: "sends", Click: "clicks", Goal: "goals", WebEvent: "web_events", Identity: "identity"}
 
 
 def kind(e: Event) -> str:
@@ -57,11 +57,21 @@ class Run:
     grace_ms: int = 60_000
     emitted: list[dict[str, Any]] = field(default_factory=list)
     dead: list[dict[str, Any]] = field(default_factory=list)
+    #: identity records (links, routes) a batch wrote: fed back like the worker reads the identity
+    #: topic, ``hop_batches`` input batches later (0: before the next input batch)
+    hop_batches: int = 0
+    identities: bool = True
+    identity_window_ms: int | None = None
+    routed: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.book = SettingsBook(self.settings)
-        self.processor = Processor(self.store, self.keys, self.book, EngineConfig(grace_ms=self.grace_ms))
+        config = EngineConfig(
+            grace_ms=self.grace_ms, identities=self.identities, identity_window_ms=self.identity_window_ms
+        )
+        self.processor = Processor(self.store, self.keys, self.book, config)
         self.offsets: dict[tuple[str, int], int] = {}
+        self.in_flight: list[list[Record]] = []  # identity records written, not yet read
 
     def records(self, events: Iterable[Event]) -> list[Record]:
         """Records for events arriving now, continuing this run's offsets."""
@@ -71,25 +81,65 @@ class Run:
         self.feed(self.records(events))
 
     def deliver(self, batches: Sequence[Sequence[Event]], replay: int | None = None) -> Run:
-        """Feed batches in order; batch ``replay`` is delivered twice (a crash before its commit)."""
+        """Feed batches in order; batch ``replay`` is delivered twice (a crash before its commit).
+        Then the identity records still in flight, until there are none."""
         for i, batch in enumerate(batches):
             records = self.records(batch)
             self.feed(records)
             if i == replay:
                 self.feed(records)
-        return self
+        return self.drain()
 
     def feed(self, records: Sequence[Record]) -> None:
+        """One input batch; the identity records due are fed first, as their own batches."""
+        while len(self.in_flight) > self.hop_batches:
+            due = self.in_flight[0]
+            if due:
+                self._feed(due)  # a crash here leaves them to be read again, like Kafka would
+            self.in_flight.pop(0)
+        self._feed(records)
+
+    def drain(self) -> Run:
+        for _ in range(100):
+            if not any(self.in_flight):
+                self.in_flight.clear()
+                return self
+            due = self.in_flight[0]
+            if due:
+                self._feed(due)
+            self.in_flight.pop(0)
+        raise AssertionError("identity records still in flight after 100 rounds")
+
+    def _feed(self, records: Sequence[Record]) -> None:
         result = self.processor.process(records, now_ms=0)
         self.emitted += [orjson.loads(msgspec.json.encode(c)) for c in result.conversions]
         self.dead += [orjson.loads(msgspec.json.encode(d)) for d in result.dead_letters]
+        self.routed += [orjson.loads(msgspec.json.encode(r)) for r in result.identity]
+        self.in_flight.append(self.records(result.identity))
 
     def latest_conversions(self) -> dict[str, dict[str, Any]]:
+        """The latest record per conversion id, without the ones whose latest record retracts them."""
         latest: dict[str, dict[str, Any]] = {}
         for c in self.emitted:
             latest[c["conversion_id"]] = c
-        return latest
+        return {cid: c for cid, c in latest.items() if not c.get("retracted")}
 
     def tally(self, project: str, campaign: str) -> dict[str, Any]:
         fields = self.store.counters([self.keys.campaign(project, campaign)])[0]
         return snapshot(project, campaign, fields, self.book.get(project))
+
+    def subscriptions(self, project: str) -> dict[str, Any]:
+        """The project's now-record of the subscriptions topic, from its counters."""
+        from attribution.core.subscriptions import now_snapshot
+
+        settings = self.book.get(project)
+        assert settings is not None, f"no settings for {project}"
+        fields = self.store.counters([self.keys.subscriptions(project)])[0]
+        return now_snapshot(project, fields, settings)
+
+    def subscription_day(self, project: str, day: str) -> dict[str, Any]:
+        """The day-record ``<project>:<day>`` of the subscriptions topic, from its counters."""
+        from attribution.core.subscriptions import day_snapshot
+
+        fields = self.store.counters([self.keys.subscription_day(project, day)])[0]
+        return day_snapshot(project, day, fields)

@@ -16,8 +16,8 @@ from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore
 from tests.support.examples import TOPICS_DIR, examples
 
-INPUTS = ("sends", "clicks", "goals", "settings")
-OUTPUTS = ("conversions", "tallies", "dlq")
+INPUTS = ("sends", "clicks", "goals", "web_events", "identity", "settings")
+OUTPUTS = ("conversions", "tallies", "subscriptions", "dlq")
 
 
 def _cases(valid: bool) -> list[Any]:

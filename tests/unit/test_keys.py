@@ -45,7 +45,8 @@ def test_a_project_id_with_a_colon_still_gets_its_tally_published() -> None:
     published: dict[str, Any] = {}
     feed = TallyFeed(run.store, run.keys, SettingsBook(run.settings))
 
-    def publish(key: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+    def publish(topic: str, key: str, snap: dict[str, Any], on_offset: Callable[[int], None]) -> None:
+        assert topic == "tallies"
         published[key] = snap
         on_offset(len(published))
 

@@ -4,7 +4,8 @@
 -- KEYS[i]        campaign counter hash (Keys.campaign) of entry i; all in one hash slot
 -- ARGV[1]        now, wall ms
 -- ARGV[2]        campaign hash TTL, ms
--- then per entry i: partition, seq, as_of ms, channel ('' for none), n_int, n_dec,
+-- then per entry i: partition, seq, as_of ms, channel ('' for none), expires (1: the TTL above,
+--                   0: never, e.g. subscription counters), n_int, n_dec,
 --                   n_int pairs (field, integer delta), n_dec pairs (field, decimal string delta)
 --
 -- Returns, per entry, the campaign's version after the call (a number). A malformed decimal raises
@@ -82,8 +83,9 @@ local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local partition, seq, as_of, channel = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
-  local n_int, n_dec = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  a = a + 6
+  local expires = ARGV[a + 4]
+  local n_int, n_dec = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  a = a + 7
   local fence = 'f|' .. partition
   local done = tonumber(redis.call('HGET', key, fence) or '0')
   if seq > done then
@@ -103,7 +105,7 @@ for i = 1, #KEYS do
     if channel ~= '' then redis.call('HSETNX', key, 'channel', channel) end
     local version = math.max(tonumber(redis.call('HGET', key, 'version') or '0') + 1, now * 1000)
     redis.call('HSET', key, 'version', string.format('%d', version), fence, string.format('%d', seq))
-    redis.call('PEXPIRE', key, ttl)
+    if expires == '1' then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
   else
     a = a + 2 * (n_int + n_dec)
   end
