@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import click
 import orjson
@@ -237,33 +237,73 @@ def settings_show(as_json: bool) -> None:
         click.echo(table(found))
 
 
-@cli.command(epilog="Example:\n\n\b\n  attribution tally shop-kr spring-sale")
+@cli.command(
+    epilog="Examples:\n\n\b\n  attribution tally shop-kr spring-sale\n  attribution tally shop-kr "
+    "spring-sale --json\n  attribution tally shop-kr --subscriptions --days 30"
+)
 @click.argument("project")
-@click.argument("campaign")
-def tally(project: str, campaign: str) -> None:
-    """Print the current tally of a campaign, read from Redis (no broker needed)."""
+@click.argument("campaign", required=False)
+@click.option("--subscriptions", is_flag=True, help="The project's web-push subscriptions (no CAMPAIGN).")
+@click.option(
+    "--days", type=click.IntRange(0), default=14, help="With --subscriptions: newest days (0: all)."
+)
+@click.option("--json", "as_json", is_flag=True, help="The records as JSON (as the topics get them).")
+@click.pass_context
+def tally(
+    ctx: click.Context, project: str, campaign: str | None, subscriptions: bool, days: int, as_json: bool
+) -> None:
+    """Print a campaign's current tally: sends, accepted, failed, displayed, clicks, clicked_alias,
+    link_clicks, and per goal the goals (send basis) and goals after click (click basis). With
+    --subscriptions: the project's subscribers now, among recent visitors, and subscribe sessions
+    per day (newest first). Read from Redis (no broker needed): the records the topics get next."""
+    from attribution.api.report import campaign_report, subscriptions_report
     from attribution.core.rules import SettingsBook, parse_settings
+    from attribution.core.subscriptions import day_snapshot, now_snapshot
     from attribution.core.tally import snapshot
     from attribution.state.keys import Keys
     from attribution.state.redis_store import RedisStore
 
+    if (campaign is None) != subscriptions:
+        if subscriptions:
+            raise click.UsageError("give CAMPAIGN or --subscriptions, not both", ctx)
+        campaign_arg = next(p for p in ctx.command.params if p.name == "campaign")
+        raise click.MissingParameter(ctx=ctx, param=campaign_arg, param_hint="'CAMPAIGN'")
     config = _config()
     keys = Keys(config.redis_prefix)
     store = RedisStore.from_url(config.redis_url.get_secret_value(), keys, config.tally_ttl_ms)
     try:
-        fields = store.counters([keys.campaign(project, campaign)])[0]
+        wanted = [keys.campaign(project, campaign or "")]
+        listed: list[str] = []  # with --subscriptions: the project's days, newest first
+        if subscriptions:  # the project's set names its day records, as it names its campaigns
+            members = cast(set[bytes], store.client.smembers(keys.project_campaigns(project)))
+            listed = sorted({d for m in members if (d := keys.parse_subject(m.decode()).day)}, reverse=True)
+            wanted = [keys.subscriptions(project), *(keys.subscription_day(project, d) for d in listed)]
+        hashes = store.counters(wanted)
         book = SettingsBook()
         for document in store.settings_documents():
             with contextlib.suppress(BadSettings, orjson.JSONDecodeError):  # then the rate uses defaults
                 book.put(parse_settings(orjson.loads(document), config.max_conversion_events))
     finally:
         store.close()
-    if not fields:
-        raise AttributionError(
-            f"no tally for {project}:{campaign} under ATTRIBUTION_REDIS_PREFIX={keys.prefix}"
+    where = f"under ATTRIBUTION_REDIS_PREFIX={keys.prefix}"
+    if not subscriptions:
+        if not hashes[0]:
+            raise AttributionError(f"no tally for {project}:{campaign} {where}")
+        snap = snapshot(project, campaign or "", hashes[0], book.get(project))
+        click.echo(
+            orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() if as_json else campaign_report(snap)
         )
-    snap = snapshot(project, campaign, fields, book.get(project))
-    click.echo(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode())
+        return
+    now = now_snapshot(project, hashes[0], book.get(project)) if hashes[0] else None
+    records = [day_snapshot(project, d, h) for d, h in zip(listed, hashes[1:], strict=True) if h]
+    if now is None and not records:
+        raise AttributionError(f"no subscriptions for project {project} {where}")
+    shown = records[:days] if days else records
+    if as_json:
+        body = {"project_id": project, "now": now, "days": shown}
+        click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(subscriptions_report(project, now, shown, len(records)))
 
 
 @cli.command(epilog="Example:\n\n\b\n  attribution rebuild --yes --from earliest")

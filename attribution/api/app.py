@@ -1,6 +1,6 @@
-"""The HTTP API of ``attribution serve`` (FastAPI on uvicorn): tallies, conversions, an event stream
-of tally changes, the live page, health and metrics. Answers are the records the workers published,
-joined as bytes: what the API says equals the tallies topic's latest records."""
+"""The HTTP API of ``attribution serve`` (FastAPI on uvicorn): tallies, web-push subscriptions,
+conversions, an event stream of their changes, the live page, health and metrics. Answers are the
+records the workers published, joined as bytes: what the API says equals the topics' latest records."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def create_app(
     app = FastAPI(
         title="attribution serve",
         version=__version__,
-        description="Per-campaign tallies and conversions, read from the engine's output topics.",
+        description="Per-campaign tallies, per-project web-push subscriptions and conversions, read from "
+        "the engine's output topics.",
         docs_url="/docs",
         redoc_url=None,
     )
@@ -115,8 +116,9 @@ def create_app(
         return {200: {"content": {"application/json": {"schema": schema}}}}
 
     tally_ref = {"$ref": "#/components/schemas/Tally"}
+    subscriptions_ref = {"$ref": "#/components/schemas/Subscriptions"}
 
-    @app.get("/v1/projects", dependencies=data, summary="Projects that have tallies")
+    @app.get("/v1/projects", dependencies=data, summary="Projects that have tallies or subscriptions")
     def projects() -> Response:
         return _json(orjson.dumps({"projects": table.projects()}))
 
@@ -153,6 +155,33 @@ def create_app(
         return _json(found)
 
     @app.get(
+        "/v1/projects/{project}/subscriptions",
+        dependencies=data,
+        summary="The web-push subscriptions of a project: its now-record and its day records, newest "
+        "day first (the subscriptions topic's newest versions)",
+        responses=body(
+            {
+                "type": "object",
+                "required": ["project_id", "now", "days"],
+                "properties": {
+                    "project_id": {"type": "string"},
+                    "now": {"anyOf": [subscriptions_ref, {"type": "null"}]},
+                    "days": {"type": "array", "items": subscriptions_ref},
+                },
+            }
+        ),
+    )
+    def subscriptions(project: Id) -> Response:
+        found = table.subscriptions(project)
+        if found is None:
+            raise ApiError(404, f"no tally or subscriptions of project {project!r}")
+        now, days = found
+        return _json(
+            b'{"project_id":%s,"now":%s,"days":[%s]}'
+            % (orjson.dumps(project), now if now is not None else b"null", b",".join(days))
+        )
+
+    @app.get(
         "/v1/projects/{project}/conversions/{conversion_id}",
         dependencies=data,
         summary="The latest record of a conversion",
@@ -167,7 +196,8 @@ def create_app(
     @app.get(
         "/v1/events",
         dependencies=data,
-        summary="Server-sent events: a 'snapshot' of the current tallies, then a 'tally' per change",
+        summary="Server-sent events: a 'snapshot' of the current tallies and a 'subscriptions' per "
+        "current subscriptions record, then a 'tally' or a 'subscriptions' per change",
         response_class=EventSourceResponse,
     )
     async def events(
@@ -192,8 +222,12 @@ def create_app(
                 wanted = [project] if project is not None else table.projects()
                 snapshot = [t for p in wanted for t in (table.campaigns(p) or [])]
                 yield ServerSentEvent(data=(b"[" + b",".join(snapshot) + b"]").decode(), event="snapshot")
+                for p in wanted:  # then the subscriptions records, one event each, like their changes
+                    now, days = table.subscriptions(p) or (None, [])
+                    for record in ([now] if now is not None else []) + days:
+                        yield ServerSentEvent(data=record.decode(), event="subscriptions")
                 while (change := await queue.get()) is not None:
-                    yield ServerSentEvent(data=change.record.decode(), event="tally")
+                    yield ServerSentEvent(data=change.record.decode(), event=change.kind)
             finally:
                 stop()
                 metrics.stream_clients.dec()
@@ -238,6 +272,7 @@ def create_app(
             doc = original()
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas["Tally"] = _schema("tallies")
+            schemas["Subscriptions"] = _schema("subscriptions")
             schemas["Conversion"] = _schema("conversions")
             app.openapi_schema = doc
         return app.openapi_schema

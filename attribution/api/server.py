@@ -1,4 +1,5 @@
-"""``attribution serve``: follow the output topics into the table, serve it with uvicorn until SIGTERM."""
+"""``attribution serve``: follow the output topics (tallies, subscriptions and, unless turned off,
+conversions) into the table, serve it with uvicorn until SIGTERM."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def serve(config: Config) -> None:
 
     # first: a port in use is refused before anything else starts
     sock = _listen(config.api_host, config.api_port)
-    kinds = ["tallies", "conversions"] if config.api_conversions else ["tallies"]
+    kinds = ["tallies", "subscriptions", *(["conversions"] if config.api_conversions else [])]
     try:
         follower = TopicFollower(config, kinds, on_record)
     except BaseException:

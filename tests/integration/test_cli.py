@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import orjson
 import pytest
 
 from tests.support.kafka import Engine, engine_config, env_of
-from tests.support.scenarios import PROJECT, goal, send, settings
+from tests.support.reference import local_day
+from tests.support.scenarios import DAY_MS, PROJECT, goal, send, settings, web
+from tests.support.serve import latest_subscriptions
 
 pytestmark = pytest.mark.integration
 
@@ -128,18 +131,122 @@ def test_tally_command_prints_the_campaign_from_redis(kafka_bootstrap: str, redi
     finally:
         worker.stop()
         engine.close()
-    env = {**os.environ, **env_of(engine.config)}
-    done = subprocess.run(
-        [sys.executable, "-m", "attribution.cli", "tally", PROJECT, "tc"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    tally = orjson.loads(done.stdout)
+    tally = orjson.loads(tally_command(engine, PROJECT, "tc", "--json"))
     assert (
         tally["sends"],
         tally["events"]["signup"]["send"]["conversions"],
         tally["events"]["signup"]["rate"],
     ) == (1, 1, 1.0)
+    report = tally_command(engine, PROJECT, "tc").splitlines()  # for people: a report
+    assert report[:2] == [f"{PROJECT} / tc", f"version {tally['version']}, as of 1970-01-01T00:00:02.000Z"]
+    rows = columns(report)
+    assert rows["goal"] == ["goals", "goals after click", "rate (primary)", "revenue", "revenue after click"]
+    assert rows["signup"] == ["1", "0", "100.0% (send)", "-", "-"]
+    assert (rows["sends"], rows["accepted"], rows["link_clicks"]) == (["1"], ["0"], ["0"])
+
+
+def columns(report: list[str]) -> dict[str, list[str]]:
+    """The lines of a report as cells (2 spaces apart or more), by their first cell."""
+    cells = [re.split(r"\s{2,}", line.strip()) for line in report if line.strip()]
+    return {row[0]: row[1:] for row in cells}
+
+
+def tally_command(engine: Engine, *args: str) -> str:
+    """`attribution tally ARGS` for ``engine``'s Redis: its output (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "attribution.cli", "tally", *args],
+        env={**os.environ, **env_of(engine.config)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+HOUR = 3600_000
+T = 1_704_844_800_000  # 2024-01-10 00:00 UTC, 09:00 in Tokyo
+
+
+def test_tally_command_prints_the_karte_report_and_the_subscriptions_of_a_project(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    """What `attribution tally` prints is what the worker published last: a KARTE campaign's counts
+    and goals, and with --subscriptions the project's now-record and its days, newest first."""
+    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+    goals = [{"campaign_id": "wk", "event": "view_cart", "window_ms": DAY_MS}]
+    engine.put_settings(settings(campaign_goals=goals, timezone="Asia/Tokyo", visitor_days=2))
+    worker = engine.worker_thread()
+    c = {"campaign": "wk", "message": "wk-m1"}
+    events = [
+        web("e1", "push_apps_subscribe", "v1", T - 2 * DAY_MS, session="a"),
+        web("e2", "push_apps_subscribe", "v2", T - 2 * DAY_MS + HOUR, session="b"),
+        web("e3", "push_apps_subscribe", "v2", T + HOUR, session="c"),
+        web("e4", "message_open", "v2", T + HOUR, **c),
+        web("e5", "talk_message_send", "v2", T + HOUR, **c),
+        web("e6", "talk_message_open", "v2", T + HOUR, **c),
+        web("e7", "message_click", "v2", T + 2 * HOUR, **c),
+        web("e8", "messaeg_clicked", "v2", T + 2 * HOUR, **c),
+        web("e9", "message_link_click", "v2", T + 2 * HOUR, **c),
+        web("e10", "view_cart", "v2", T + 3 * HOUR),
+    ]
+    try:
+        engine.produce(events)
+        topic = engine.reader("subscriptions")
+        topic.until(
+            lambda recs: any(r.get("subscribed_now") == 2 and r["as_of_ts"] == T + 3 * HOUR for r in recs),
+            what="the subscriptions of the project",
+        )
+        engine.reader("tallies").until(
+            lambda recs: any(
+                r["events"].get("view_cart", {}).get("click", {}).get("conversions") for r in recs
+            ),
+            what="the tally of wk",
+        )
+    finally:
+        worker.stop()  # it publishes what it holds before it stops
+        engine.close()
+    rows = columns(tally_command(engine, PROJECT, "wk").splitlines())
+    counts = {k: rows[k] for k in ("sends", "accepted", "failed", "displayed", "clicks")}
+    assert counts == {"sends": ["1"], "accepted": ["1"], "failed": ["0"], "displayed": ["1"], "clicks": ["1"]}
+    assert (rows["clicked_alias"], rows["link_clicks"]) == (["1"], ["1"])
+    assert rows["view_cart"] == ["1", "1", "100.0% (send)", "-", "-"]  # the campaign's own goal
+    # the subscriptions: the JSON is the topic's latest records, the days newest first
+    written = orjson.loads(tally_command(engine, PROJECT, "--subscriptions", "--json"))
+    latest = latest_subscriptions(topic.records)[PROJECT]
+    days = [latest["days"][d] for d in sorted(latest["days"], reverse=True)]
+    assert written == {"project_id": PROJECT, "now": latest["now"], "days": days}
+    today, before = (local_day(ts, "Asia/Tokyo").isoformat() for ts in (T, T - 2 * DAY_MS))
+    assert [(d["day"], d["subscribe_sessions"]) for d in days] == [(today, 1), (before, 2)]
+    assert (written["now"]["subscribed_now"], written["now"]["subscribed_recent_visitors"]) == (2, 1)
+    text = tally_command(engine, PROJECT, "--subscriptions").splitlines()
+    assert text[0] == f"{PROJECT}: web-push subscriptions"
+    rows = columns(text)
+    assert (rows["subscribed now"], rows["subscribed recent visitors"]) == (["2"], ["1"])
+    assert columns(text[-3:]) == {"day": ["subscribe sessions"], today: ["1"], before: ["2"]}
+    assert text.index("day         subscribe sessions") == len(text) - 3  # newest first, at the end
+    last_day = tally_command(engine, PROJECT, "--subscriptions", "--days", "1").splitlines()
+    assert columns(last_day[-2:-1]) == {today: ["1"]}
+    assert last_day[-1] == "(the newest 1 of 2 days; --days 0 shows them all)"
+    nothing = subprocess.run(
+        [sys.executable, "-m", "attribution.cli", "tally", "nope", "--subscriptions"],
+        env={**os.environ, **env_of(engine.config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (nothing.returncode, nothing.stderr) == (
+        1,
+        "attribution: no subscriptions for project nope under "
+        f"ATTRIBUTION_REDIS_PREFIX={engine.config.redis_prefix}\n",
+    )
+
+
+def test_tally_takes_a_campaign_or_subscriptions_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    from attribution.cli import main
+
+    assert main(["tally", PROJECT, "c1", "--subscriptions"]) == 2
+    assert "Error: give CAMPAIGN or --subscriptions, not both" in capsys.readouterr().err
+    assert main(["tally", PROJECT]) == 2
+    assert "Error: Missing argument 'CAMPAIGN'." in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """The live page of `attribution serve` in a real browser (Debian's chromium, driven by playwright;
-no browser is ever downloaded): it shows the campaigns' numbers and moves when a goal converts,
-without a reload; a `/?token=` link logs a browser in; a page whose stream was refused (no token
-yet, a restarted server catching up) comes back by itself."""
+no browser is ever downloaded): it shows the campaigns' numbers (the KARTE report's too) and the
+project's web-push subscriptions, and moves when a goal converts or a visitor subscribes, without a
+reload; a `/?token=` link logs a browser in; a page whose stream was refused (no token yet, a
+restarted server catching up) comes back by itself."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from attribution.devkit.embedded import free_port
-from tests.support.scenarios import PROJECT, goal
-from tests.support.serve import MIN, T0, TOKEN, World, running_world, serving
+from tests.support.reference import local_day
+from tests.support.scenarios import DAY_MS, PROJECT, goal, web
+from tests.support.serve import KARTE, MIN, T0, TIMEZONE, TOKEN, World, running_world, serving
 
 pytestmark = pytest.mark.integration
 
@@ -160,5 +162,67 @@ def test_an_open_page_comes_back_by_itself_when_serve_restarts(world: World, bro
             assert wide.evaluate("box => box.scrollLeft") == 300
             assert page.evaluate("document.documentElement.scrollWidth") == 800  # the page does not
         assert page.evaluate("window.stillTheSamePage") is True
+    finally:
+        context.close()
+
+
+def sub(page: Page, field: str) -> Locator:
+    """An element of the project's subscriptions panel (``subscribed_now``, ``day|2024-01-10``...)."""
+    return page.locator(f'[data-key="{PROJECT}|subscriptions|{field}"]')
+
+
+def test_the_page_shows_the_karte_report_and_the_subscriptions_panel(world: World, browser: Browser) -> None:
+    world.settle()
+    context = browser.new_context(viewport={"width": 1600, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{world.serve.url}/")
+        expect(page.locator("#status")).to_have_text(LIVE, timeout=WAIT_MS)
+        # the KARTE report of the web-push campaign: its counts, goals and goals after click
+        for field, text in {
+            "sends": "2",
+            "accepted": "2",
+            "failed": "1",
+            "displayed": "1",
+            "clicks": "1",
+            "clicked_alias": "1",
+            "link_clicks": "1",
+            "signup.send.conversions": "1",
+            "signup.click.conversions": "1",
+            "view_cart.send.conversions": "1",
+            "view_cart.click.conversions": "0",
+        }.items():
+            expect(td(page, KARTE, field)).to_have_text(text)
+        expect(td(page, "c1-push", "accepted")).to_have_text("0")  # a push campaign has none
+        headers = page.locator(f'table[data-project="{PROJECT}"] th').all_inner_texts()
+        assert {
+            "accepted",
+            "displayed",
+            "clicked (alias)",
+            "link clicks",
+            "goals",
+            "goals after click",
+        } <= set(headers), headers
+        # the subscriptions panel: v1 and v2 subscribed (v4 left), one session on each of three days
+        panel = page.locator(f'section.subs[data-project="{PROJECT}"]')
+        expect(sub(page, "subscribed_now")).to_have_text("2")
+        expect(sub(page, "subscribed_recent_visitors")).to_have_text("2")
+        expect(panel).to_contain_text("subscribed among the visitors of the last 7 days")
+        today = local_day(T0 + 5 * MIN, TIMEZONE).isoformat()
+        expect(sub(page, "today")).to_contain_text(f"today {today} ({TIMEZONE})")
+        for ts in (T0, T0 - DAY_MS, T0 - 2 * DAY_MS):
+            expect(sub(page, f"day|{local_day(ts, TIMEZONE).isoformat()}")).to_have_text("1")
+        assert panel.locator("table.days td.count").count() == 14  # the last 14 days, days without one: 0
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "subscriptions-panel.png"
+        panel.screenshot(path=shot)
+        assert shot.stat().st_size > 3_000
+        # a visitor subscribes: the panel moves, without a reload
+        page.evaluate("window.stillTheSamePage = true")
+        world.produce([web("w-page", "push_apps_subscribe", "v6", T0 + 20 * MIN, session="f0")])
+        expect(sub(page, "subscribed_now")).to_have_text("3", timeout=WAIT_MS)
+        expect(sub(page, "subscribed_recent_visitors")).to_have_text("3")
+        assert page.evaluate("window.stillTheSamePage") is True
+        page.screenshot(path=ARTIFACTS / "live-page-karte.png", full_page=True)
     finally:
         context.close()

@@ -1,7 +1,7 @@
 """`attribution serve` as a real process against a real broker, with a real worker publishing the
-tallies and conversions it follows: its answers are the topics' latest records, its errors say what
-is wrong, its token guards the data, its event stream moves with the tallies, and it stands alone
-(no Redis)."""
+tallies, subscriptions and conversions it follows: its answers are the topics' latest records, its
+errors say what is wrong, its token guards the data, its event stream moves with the tallies and the
+subscriptions, and it stands alone (no Redis)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -19,13 +20,16 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from attribution.devkit.embedded import free_port
-from tests.support.reference import normalise_tally
-from tests.support.scenarios import PROJECT, goal
+from tests.support.kafka import Engine, engine_config
+from tests.support.reference import local_day, normalise_tally
+from tests.support.scenarios import PROJECT, goal, web
 from tests.support.serve import (
     CAMPAIGNS,
+    KARTE,
     MIN,
     OTHER,
     T0,
+    TIMEZONE,
     TOKEN,
     World,
     eventually,
@@ -95,6 +99,41 @@ def test_the_api_answers_the_tallies_topics_latest_record_of_every_campaign(worl
     assert c1["events"]["signup"]["send"]["conversions"] == 1
     c2 = latest[(PROJECT, "c2-web")]["events"]["purchase"]
     assert (c2["primary"], c2["send"]["conversions"], c2["send"]["revenue"]) == ("send", 2, {"KRW": "54800"})
+    # the KARTE report of the web-push campaign: its counts, its goals and goals after click
+    c6 = latest[(PROJECT, KARTE)]
+    counts = ("sends", "accepted", "failed", "displayed", "clicks", "clicked_alias", "link_clicks")
+    assert {k: c6[k] for k in counts} == dict(zip(counts, (2, 2, 1, 1, 1, 1, 1), strict=True))
+    goals = {name: (e["send"]["conversions"], e["click"]["conversions"]) for name, e in c6["events"].items()}
+    assert goals == {"purchase": (0, 0), "signup": (1, 1), "view_cart": (1, 0)}
+
+
+def test_the_api_answers_the_subscriptions_topics_latest_records_newest_day_first(world: World) -> None:
+    world.settle()
+    with world.api() as api:
+        path = f"/v1/projects/{PROJECT}/subscriptions"
+        answer = eventually(
+            lambda: api.get(path).json(),
+            lambda body: body == world.topic_subscriptions(PROJECT),
+            "the API and the subscriptions topic agree",
+        )
+        # a project with tallies but no web event: no subscription yet, not an error
+        assert api.get(f"/v1/projects/{OTHER}/subscriptions").json() == {
+            "project_id": OTHER,
+            "now": None,
+            "days": [],
+        }
+    now = answer["now"]
+    assert (now["subscribed_now"], now["subscribed_recent_visitors"]) == (2, 2)  # v1 and v2; v4 left
+    assert (now["timezone"], now["visitor_days"], now["today"]) == (TIMEZONE, 7, day(T0 + 5 * MIN))
+    days = [(d["day"], d["subscribe_sessions"]) for d in answer["days"]]
+    assert days == sorted({(day(ts), 1) for ts in (T0, T0 - DAY, T0 - 2 * DAY)}, reverse=True), days
+
+
+DAY = 24 * 3600 * 1000
+
+
+def day(ts: int) -> str:
+    return local_day(ts, TIMEZONE).isoformat()
 
 
 def test_a_conversion_is_its_latest_record_and_is_found_only_in_its_own_project(world: World) -> None:
@@ -102,7 +141,7 @@ def test_a_conversion_is_its_latest_record_and_is_found_only_in_its_own_project(
     latest = world.conversions.latest_by_id()
     ours = {cid: c for cid, c in latest.items() if c["project_id"] == PROJECT}
     theirs = {cid: c for cid, c in latest.items() if c["project_id"] == OTHER}
-    assert (len(ours), len(theirs)) == (11, 1)  # c1: 3, c2: 3, c3: 1, c4: 4 (both bases); other: 1
+    assert (len(ours), len(theirs)) == (14, 1)  # c1: 3, c2: 3, c3: 1, c4: 4 (both bases), c6: 3; other: 1
     with world.api() as api:
         for cid, record in ours.items():
             path = f"/v1/projects/{PROJECT}/conversions/{cid}"
@@ -129,6 +168,11 @@ def test_errors_are_json_naming_what_was_not_found_or_why_it_was_refused(world: 
                 f"no tally of campaign 'nope' in project {PROJECT!r}",
             ),
             "/v1/projects/nope/campaigns/c1-push": (404, "no tally of campaign 'c1-push' in project 'nope'"),
+            "/v1/projects/nope/subscriptions": (404, "no tally or subscriptions of project 'nope'"),
+            f"/v1/projects/{long_id}/subscriptions": (
+                400,
+                "path.project: String should have at most 256 characters",
+            ),
             f"/v1/projects/{PROJECT}/conversions/nope": (404, f"no conversion 'nope' in project {PROJECT!r}"),
             f"/v1/projects/{PROJECT}/campaigns/{long_id}": (
                 400,
@@ -226,11 +270,17 @@ def test_the_event_stream_sends_a_snapshot_then_the_new_tally_of_a_conversion(wo
         assert sorted(snapshot) == CAMPAIGNS and {t["project_id"] for t in snapshot.values()} == {PROJECT}
         before = snapshot["c5-live"]
         assert before["events"]["signup"]["send"]["conversions"] == 0
+        # then the project's subscriptions records, one event each: its now-record and its days
+        current = world.topic_subscriptions(PROJECT)
+        records = [orjson.loads(next(events)[1]) for _ in range(1 + len(current["days"]))]
+        assert records == [current["now"], *current["days"]]
         world.produce([goal("g-live", "signup", "d7", T0 + 20 * MIN, user="u7")])
         for kind, data in events:
-            assert kind == "tally", kind
+            assert kind in ("tally", "subscriptions"), kind
             tally = orjson.loads(data)
             assert tally["project_id"] == PROJECT
+            if kind != "tally":
+                continue
             if tally["campaign_id"] == "c5-live" and tally["events"]["signup"]["send"]["conversions"] == 1:
                 break
         else:
@@ -250,6 +300,84 @@ def test_the_event_stream_sends_a_snapshot_then_the_new_tally_of_a_conversion(wo
         )
 
 
+def test_the_event_stream_sends_the_new_subscriptions_records_of_a_subscribe(world: World) -> None:
+    world.settle()
+    deadline = time.monotonic() + 30
+    timeout = httpx.Timeout(10.0, read=20.0)
+    with (
+        world.serve.client(TOKEN) as api,
+        api.stream("GET", "/v1/events", params={"project": PROJECT}, timeout=timeout) as stream,
+    ):
+        events = sse_events(stream.iter_lines(), deadline)
+        assert next(events)[0] == "snapshot"
+        before = world.topic_subscriptions(PROJECT)["now"]
+        world.produce([web("w-live", "push_apps_subscribe", "v5", T0 + 20 * MIN, session="e0")])
+        for kind, data in events:
+            record = orjson.loads(data)
+            if kind == "subscriptions" and record.get("day") is None and record["subscribed_now"] == 3:
+                break
+        else:
+            pytest.fail("the event stream ended before the new subscriptions record")
+    assert record["version"] > before["version"] and record["subscribed_recent_visitors"] == 3
+    world.settle()
+    with world.api() as api:
+        assert api.get(f"/v1/projects/{PROJECT}/subscriptions").json()["now"] == record
+
+
+def test_a_stale_subscriptions_record_that_lands_last_never_replaces_the_newest(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    """Records produced straight to a subscriptions topic of its own (no worker): a lower version
+    landing after the newest (another worker's late snapshot) changes nothing; a project known by
+    its subscriptions only is a project, with no campaign."""
+    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+
+    def now(version: int, subscribed: int) -> dict[str, Any]:
+        return {
+            "project_id": "web-shop",
+            "version": version,
+            "as_of_ts": T0,
+            "today": "2024-01-10",
+            "timezone": "UTC",
+            "visitor_days": 7,
+            "subscribed_now": subscribed,
+            "subscribed_recent_visitors": subscribed - 1,
+        }
+
+    def day_of(day: str, version: int, sessions: int) -> dict[str, Any]:
+        return {
+            "project_id": "web-shop",
+            "day": day,
+            "version": version,
+            "as_of_ts": T0,
+            "subscribe_sessions": sessions,
+        }
+
+    newest = [now(5, 3), day_of("2024-01-10", 5, 2), day_of("2024-01-08", 2, 1)]
+    stale = [now(4, 999), day_of("2024-01-10", 1, 999)]
+    try:
+        for record in newest + stale:
+            key = record["project_id"] + (f":{record['day']}" if "day" in record else "")
+            engine.produce_raw("subscriptions", key.encode(), orjson.dumps(record))
+        with serving(engine.config) as server, server.client() as api:  # ready: every record was read
+            assert api.get("/v1/projects/web-shop/subscriptions").json() == {
+                "project_id": "web-shop",
+                "now": newest[0],
+                "days": newest[1:],
+            }
+            assert api.get("/v1/projects").json() == {"projects": ["web-shop"]}
+            missing = api.get("/v1/projects/web-shop/campaigns")
+            assert (missing.status_code, missing.json()) == (404, {"error": "no tally of project 'web-shop'"})
+            with api.stream("GET", "/v1/events", timeout=httpx.Timeout(10.0, read=20.0)) as stream:
+                events = sse_events(stream.iter_lines(), time.monotonic() + 30)
+                assert next(events) == ("snapshot", "[]")
+                assert [(k, orjson.loads(d)) for k, d in (next(events) for _ in newest)] == [
+                    ("subscriptions", r) for r in newest
+                ]
+    finally:
+        engine.close()
+
+
 # --- the documents ------------------------------------------------------------------------------
 
 
@@ -266,10 +394,15 @@ def test_openapi_is_a_valid_3_1_document_of_every_v1_path_with_the_topic_schemas
         "/v1/projects/{project}/campaigns",
         "/v1/projects/{project}/campaigns/{campaign}",
         "/v1/projects/{project}/conversions/{conversion_id}",
+        "/v1/projects/{project}/subscriptions",
         "/v1/events",
     }
     schemas = doc["components"]["schemas"]
-    assert {"Tally", "Conversion"} <= set(schemas)
+    assert {"Tally", "Conversion", "Subscriptions"} <= set(schemas)
+    assert {"subscribed_now", "day", "subscribe_sessions"} <= set(schemas["Subscriptions"]["properties"])
+    subs = doc["paths"]["/v1/projects/{project}/subscriptions"]["get"]["responses"]["200"]
+    days = subs["content"]["application/json"]["schema"]["properties"]["days"]
+    assert days == {"type": "array", "items": {"$ref": "#/components/schemas/Subscriptions"}}
     assert {"project_id", "campaign_id", "version", "events"} <= set(schemas["Tally"]["properties"])
     assert {"conversion_id", "project_id", "amount"} <= set(schemas["Conversion"]["properties"])
     one = doc["paths"]["/v1/projects/{project}/campaigns/{campaign}"]["get"]["responses"]["200"]

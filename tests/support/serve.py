@@ -25,8 +25,15 @@ from attribution.core.model import Event
 from attribution.devkit.embedded import free_port
 from attribution.infra.config import Config
 from tests.support.kafka import Engine, TopicReader, engine_config, env_of
-from tests.support.reference import normalise_conversion, normalise_tally, reference
-from tests.support.scenarios import PROJECT, click, goal, send, settings
+from tests.support.reference import (
+    normalise_conversion,
+    normalise_day,
+    normalise_now,
+    normalise_tally,
+    reference,
+    subscriptions,
+)
+from tests.support.scenarios import DAY_MS, PROJECT, click, goal, send, settings, web
 
 T = TypeVar("T")
 
@@ -157,12 +164,41 @@ T0 = int(time.time() * 1000) - 3600_000
 MIN = 60_000
 OTHER = "other-shop"  # a second project: its conversions are not the first one's
 #: the campaigns of PROJECT in the scenario, in campaign order
-CAMPAIGNS = ["c1-push", "c2-web", "c3-kakao", "c4-email", "c5-live"]
+CAMPAIGNS = ["c1-push", "c2-web", "c3-kakao", "c4-email", "c5-live", "c6-karte"]
+KARTE = "c6-karte"  # the KARTE web-push campaign of the scenario
+TIMEZONE = "Asia/Tokyo"  # PROJECT's: its subscribe sessions are counted per day in Tokyo
+
+
+def karte() -> list[Event]:
+    """KARTE web events of PROJECT: a web-push campaign with every counted event and its goals (a
+    conversion event and a campaign goal), and visitors subscribing over three days (v4 subscribes
+    and unsubscribes), so that v1 and v2 are subscribed now and both visited today."""
+    c = {"campaign": KARTE, "message": "c6-m1"}
+    return [
+        web("w1", "push_apps_subscribe", "v1", T0 - 2 * DAY_MS, session="a0"),
+        web("w2", "push_apps_subscribe", "v2", T0 - DAY_MS, session="b0"),
+        web("w3", "push_apps_subscribe", "v4", T0, session="d0"),
+        web("w4", "push_apps_unsubscribe", "v4", T0 + MIN, session="d0"),
+        web("w5", "message_open", "v1", T0, session="a1", **c),
+        web("w6", "message_open", "v2", T0, session="b1", **c),
+        web("w7", "talk_message_send", "v1", T0, session="a1", **c),
+        web("w8", "talk_message_send", "v2", T0, session="b1", **c),
+        web("w9", "talk_message_fail", "v3", T0, session="c1", **c),
+        web("w10", "talk_message_open", "v1", T0, session="a1", **c),
+        web("w11", "message_click", "v1", T0 + MIN, session="a1", **c),
+        web("w12", "messaeg_clicked", "v1", T0 + MIN, session="a1", **c),
+        web("w13", "message_link_click", "v1", T0 + MIN, session="a1", **c),
+        web(
+            "w14", "signup", "v1", T0 + 5 * MIN, session="a1"
+        ),  # a conversion event: goal and goal after click
+        web("w15", "view_cart", "v2", T0 + 5 * MIN, session="b1"),  # c6's own goal: v2 did not click
+    ]
 
 
 def scenario() -> list[Event]:
     """Several campaigns and channels: sends (one failed), clicks, goals converting on both bases,
-    purchases with an amount (x quantity), a goal two campaigns hold, and a second project."""
+    purchases with an amount (x quantity), a goal two campaigns hold, a KARTE web-push campaign with
+    subscriptions (``karte``), and a second project."""
     events: list[Event] = [
         # c1 (push; purchase is click-based): three users reached, one failed send, one click
         send("s1", "c1-push", "d1", T0, user="u1"),
@@ -192,10 +228,45 @@ def scenario() -> list[Event]:
         send("o1", "o1-push", "od1", T0, user="ou1"),
         goal("og1", "signup", "od1", T0 + MIN, user="ou1"),
     ]
-    return events + [msgspec.structs.replace(e, project_id=OTHER) for e in other]
+    return events + karte() + [msgspec.structs.replace(e, project_id=OTHER) for e in other]
 
 
-SETTINGS = {PROJECT: settings(), OTHER: settings(project_id=OTHER)}
+SETTINGS = {
+    PROJECT: settings(
+        campaign_goals=[{"campaign_id": KARTE, "event": "view_cart", "window_ms": DAY_MS}],
+        timezone=TIMEZONE,
+        visitor_days=7,
+    ),
+    OTHER: settings(project_id=OTHER),
+}
+
+
+def latest_subscriptions(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per project, {"now": its newest now-record or None, "days": {day: newest day record}} of
+    subscriptions records read in topic order (the highest version per key wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        project = out.setdefault(r["project_id"], {"now": None, "days": {}})
+        day = r.get("day")
+        kept = project["days"].get(day) if day else project["now"]
+        if kept is None or kept["version"] <= r["version"]:
+            if day:
+                project["days"][day] = r
+            else:
+                project["now"] = r
+    return out
+
+
+def normalise_subscriptions(latest: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``latest_subscriptions`` without what depends on processing, as ``reference.subscriptions``
+    gives it: no versions, no day publication times, no day that has no subscribe session left."""
+    return {
+        project: {
+            "now": normalise_now(p["now"]) if p["now"] is not None else None,
+            "days": {d: normalise_day(r) for d, r in sorted(p["days"].items()) if r["subscribe_sessions"]},
+        }
+        for project, p in latest.items()
+    }
 
 
 @dataclass
@@ -207,6 +278,7 @@ class World:
     events: list[Event]
     tallies: TopicReader
     conversions: TopicReader
+    subscriptions: TopicReader
     serve: Serve = field(init=False)
 
     def produce(self, events: list[Event]) -> None:
@@ -219,19 +291,31 @@ class World:
         by watermarks: the embedded broker reports the end of a partition as the base offset of
         its last batch + 1, which is short of the end when a batch holds several records.)"""
         want_tallies, want_conversions = reference(self.events, SETTINGS)
+        want_subscriptions = subscriptions(self.events, SETTINGS)
         deadline = time.monotonic() + timeout_s
         while True:
             self.tallies.poll(0.05)
             self.conversions.poll(0.05)
+            self.subscriptions.poll(0.05)
             tallies = {k: normalise_tally(t) for k, t in self.tallies.latest_tallies().items()}
             conversions = {i: normalise_conversion(c) for i, c in self.conversions.latest_by_id().items()}
-            if tallies == want_tallies and conversions == want_conversions:
+            subs = normalise_subscriptions(latest_subscriptions(self.subscriptions.records))
+            if tallies == want_tallies and conversions == want_conversions and subs == want_subscriptions:
                 return
             assert time.monotonic() < deadline, (
                 f"outputs not as expected within {timeout_s} s: "
                 f"tallies {sorted(k for k in want_tallies if tallies.get(k) != want_tallies[k])} differ, "
-                f"{len(want_conversions.keys() ^ conversions.keys())} conversions missing or extra"
+                f"{len(want_conversions.keys() ^ conversions.keys())} conversions missing or extra, "
+                f"subscriptions {subs} instead of {want_subscriptions}"
             )
+
+    def topic_subscriptions(self, project: str) -> dict[str, Any]:
+        """The latest subscriptions records of ``project`` read from the topic so far, as the API
+        answers them: {"project_id", "now": record or None, "days": [records, newest day first]}."""
+        self.subscriptions.poll(0.05)
+        latest = latest_subscriptions(self.subscriptions.records).get(project, {"now": None, "days": {}})
+        days = [latest["days"][d] for d in sorted(latest["days"], reverse=True)]
+        return {"project_id": project, "now": latest["now"], "days": days}
 
     def topic_tallies(self, project: str) -> dict[tuple[str, str], dict[str, Any]]:
         """The latest record per campaign of ``project`` read from the tallies topic so far."""
@@ -251,7 +335,8 @@ def running_world(kafka: str, redis_url: str) -> Iterator[World]:
     engine.put_settings(*SETTINGS.values())
     worker = engine.worker_thread()
     try:
-        world = World(engine, [], engine.reader("tallies"), engine.reader("conversions"))
+        readers = (engine.reader("tallies"), engine.reader("conversions"), engine.reader("subscriptions"))
+        world = World(engine, [], *readers)
         world.produce(scenario())
         world.settle(timeout_s=60)
         yield world

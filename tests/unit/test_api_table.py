@@ -1,5 +1,6 @@
-"""The read model of `attribution serve`: the newest tally wins whatever order the records come in,
-conversions are found only under their project, and a stream client that falls behind is closed."""
+"""The read model of `attribution serve`: the newest tally (and subscriptions record) wins whatever
+order the records come in, conversions are found only under their project, and a stream client that
+falls behind is closed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from attribution.api.app import _offer
 from attribution.api.table import Change, ResultTable
 from attribution.core.outputs import Conversion
+from attribution.core.subscriptions import SubscriptionsRecord
 from attribution.core.tally import TallyRecord
 
 
@@ -41,6 +43,64 @@ def test_a_stale_tally_that_lands_last_never_replaces_the_newest() -> None:
     table.apply("tallies", b"shop:c1", tally("c1", 2, sends=20), 0, 3)  # a repeat: same answer
     table.apply("tallies", b"shop:c1", tally("c1", 3, sends=30), 0, 4)
     assert table.tally("shop", "c1") == tally("c1", 3, sends=30)
+
+
+def now_record(version: int, subscribed: int, project: str = "shop") -> bytes:
+    record = SubscriptionsRecord(
+        project_id=project,
+        version=version,
+        as_of_ts=1,
+        today="2024-01-10",
+        timezone="Asia/Tokyo",
+        visitor_days=7,
+        subscribed_now=subscribed,
+        subscribed_recent_visitors=subscribed,
+    )
+    return msgspec.json.encode(record)
+
+
+def day_record(day: str, version: int, sessions: int, project: str = "shop") -> bytes:
+    record = SubscriptionsRecord(
+        project_id=project, day=day, version=version, as_of_ts=1, subscribe_sessions=sessions
+    )
+    return msgspec.json.encode(record)
+
+
+def test_the_newest_subscriptions_record_wins_per_project_and_per_day() -> None:
+    table = ResultTable()
+    heard: list[Change] = []
+    table.listen(heard.append)
+    table.apply("subscriptions", b"shop", now_record(2, subscribed=20), 0, 0)
+    table.apply("subscriptions", b"shop:2024-01-09", day_record("2024-01-09", 2, sessions=3), 0, 1)
+    table.apply("subscriptions", b"shop:2024-01-10", day_record("2024-01-10", 5, sessions=4), 0, 2)
+    table.apply("subscriptions", b"shop", now_record(1, subscribed=10), 0, 3)  # stale: landed last
+    table.apply("subscriptions", b"shop:2024-01-10", day_record("2024-01-10", 4, sessions=9), 0, 4)
+    # the days come newest first, each the newest version of it
+    assert table.subscriptions("shop") == (
+        now_record(2, subscribed=20),
+        [day_record("2024-01-10", 5, sessions=4), day_record("2024-01-09", 2, sessions=3)],
+    )
+    assert [(c.kind, c.campaign_id) for c in heard] == [("subscriptions", "")] * 3
+    table.apply("subscriptions", b"shop", now_record(3, subscribed=30), 0, 5)
+    assert table.subscriptions("shop") == (
+        now_record(3, subscribed=30),
+        [day_record("2024-01-10", 5, 4), day_record("2024-01-09", 2, 3)],
+    )
+    assert heard[-1] == Change("shop", "", now_record(3, subscribed=30), "subscriptions")
+    assert table.sizes() == (0, 0)  # subscriptions are neither campaigns nor conversions
+
+
+def test_subscriptions_of_a_project_known_by_its_tallies_or_its_subscriptions_only() -> None:
+    table = ResultTable()
+    table.apply("tallies", None, tally("c1", 1, sends=1, project="push-only"), 0, 0)
+    table.apply("subscriptions", None, day_record("2024-01-10", 1, sessions=1, project="web-only"), 0, 0)
+    assert table.projects() == ["push-only", "web-only"]
+    assert table.subscriptions("push-only") == (None, [])  # a project, with no subscription yet
+    assert table.subscriptions("web-only") == (None, [day_record("2024-01-10", 1, 1, project="web-only")])
+    assert table.campaigns("web-only") is None  # it has no tally
+    assert table.subscriptions("nobody") is None
+    table.apply("subscriptions", None, b'{"project_id": "shop", "version": "x"}', 0, 1)
+    assert table.refused == 1
 
 
 def test_campaigns_come_in_campaign_order_and_projects_apart() -> None:
