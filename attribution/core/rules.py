@@ -1,14 +1,20 @@
 """Project settings: conversion events, windows, the measurement basis per channel, purchase keys.
 
 FlareLane's rules: push (and web push, email) may measure from the send or the click; KakaoTalk and
-SMS only from the send; in-app messages only from the click. A setting that says otherwise is refused.
+SMS only from the send; in-app messages only from the click. A setting that says otherwise is refused,
+and so is a field the settings do not define, at any level (a typo must not pass silently).
+
+A campaign's rate is measured on the primary basis of one channel: the one ``campaign_channels``
+declares for it, else the first of the channels its sends and clicks came on in ``CHANNEL_ORDER``
+(never the order in which they arrived).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import msgspec
 
@@ -18,6 +24,13 @@ from attribution.errors import BadSettings
 MAX_WINDOW_MS = 90 * 24 * 3600 * 1000
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _FORBIDDEN_IN_NAMES = "|"
+MAX_ID_LENGTH = 256
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`(?: - at `\$(?P<at>.*)`)?$")
+_PATH_STEP = re.compile(r"\.(?P<field>[^.\[]+)|\[(?P<index>[^\]]*)\]")
+
+#: Which channel makes the rate of a campaign seen on several (unless ``campaign_channels`` says):
+#: the first of them in this order, the declaration order of ``Channel``.
+CHANNEL_ORDER: tuple[Channel, ...] = tuple(Channel)
 
 #: The bases each channel can be measured on; the first one is the default.
 CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
@@ -30,7 +43,10 @@ CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
 }
 
 
-class Purchase(msgspec.Struct, frozen=True, kw_only=True):
+# forbid_unknown_fields: a settings document with a field these structs do not define is refused;
+# omit_defaults: a document encoded here (kept in Redis, published) names only the fields it sets, so
+# a worker that does not know a field added later still reads documents that do not use it.
+class Purchase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """How to read the amount of a purchase goal: ``properties[amount_key] * properties[quantity_key]``
     (quantity 1 when no ``quantity_key`` is configured)."""
 
@@ -39,7 +55,9 @@ class Purchase(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
 
 
-class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
+class ConversionEvent(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     name: str
     window_ms: int
     basis: dict[str, Basis] = msgspec.field(default_factory=dict)
@@ -53,10 +71,14 @@ class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
         return self.basis.get(channel.value, Basis.SEND)
 
 
-class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+class ProjectSettings(
+    msgspec.Struct, frozen=True, kw_only=True, dict=True, forbid_unknown_fields=True, omit_defaults=True
+):
     project_id: str
     version: int
     conversion_events: list[ConversionEvent]
+    #: campaign id -> the channel whose primary basis makes the campaign's rate (validated)
+    campaign_channels: dict[str, str] = msgspec.field(default_factory=dict)
 
     def event(self, name: str) -> ConversionEvent | None:
         for ev in self.conversion_events:
@@ -68,12 +90,28 @@ class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     def max_window_ms(self) -> int:
         return max((ev.window_ms for ev in self.conversion_events), default=0)
 
+    def rate_channel(self, campaign_id: str, seen: Collection[Channel]) -> Channel | None:
+        """The channel whose primary basis makes the campaign's rate: the declared one, else the
+        first of ``seen`` (the channels its sends and clicks came on) in ``CHANNEL_ORDER``."""
+        declared = self.campaign_channels.get(campaign_id)
+        if declared is not None:
+            return Channel(declared)
+        return next((c for c in CHANNEL_ORDER if c in seen), None)
+
 
 def parse_settings(raw: object, max_events: int = 5) -> ProjectSettings:
     """Validate a settings document (already JSON-decoded); raises BadSettings naming the field."""
     try:
         settings = msgspec.convert(raw, ProjectSettings)
     except msgspec.ValidationError as exc:
+        unknown = _UNKNOWN_FIELD.match(str(exc))
+        if unknown is not None:
+            at, name = unknown["at"] or "", unknown["name"]
+            expected = ", ".join(_fields_at(at))
+            raise BadSettings(
+                f"{at.removeprefix('.')}.{name}".removeprefix("."),
+                f"unknown field (expected one of: {expected})",
+            ) from None
         raise BadSettings(_field_of(str(exc)), str(exc)) from None
     validate(settings, max_events)
     return settings
@@ -103,6 +141,19 @@ def validate(settings: ProjectSettings, max_events: int) -> None:
         _check_basis(at, ev.basis)
         if ev.purchase is not None and not _CURRENCY.match(ev.purchase.currency):
             raise BadSettings(f"{at}.purchase.currency", "must be an ISO 4217 code such as KRW or USD")
+    _check_campaign_channels(settings.campaign_channels)
+
+
+def _check_campaign_channels(declared: dict[str, str]) -> None:
+    for campaign_id, channel_name in declared.items():
+        if not 0 < len(campaign_id) <= MAX_ID_LENGTH:
+            raise BadSettings("campaign_channels", f"a campaign id must have 1 to {MAX_ID_LENGTH} characters")
+        if channel_name not in Channel._value2member_map_:
+            known = ", ".join(c.value for c in Channel)
+            raise BadSettings(
+                f"campaign_channels.{campaign_id}",
+                f"unknown channel {channel_name!r} (expected one of: {known})",
+            )
 
 
 def _check_basis(at: str, basis: dict[str, Basis]) -> None:
@@ -117,6 +168,30 @@ def _check_basis(at: str, basis: dict[str, Basis]) -> None:
             raise BadSettings(
                 f"{at}.basis.{channel_name}", f"{channel.value} can only be measured from the {only}"
             )
+
+
+def _fields_at(path: str) -> list[str]:
+    """The field names of the settings struct at ``path`` (msgspec's form without ``$``, e.g.
+    ``.conversion_events[0].purchase``), for an unknown-field message."""
+    node: Any = msgspec.inspect.type_info(ProjectSettings)
+    for step in _PATH_STEP.finditer(path):
+        node = _unwrap(node)
+        if step["field"] is not None and isinstance(node, msgspec.inspect.StructType):
+            node = next(f.type for f in node.fields if f.encode_name == step["field"])
+        elif isinstance(node, msgspec.inspect.ListType):
+            node = node.item_type
+        elif isinstance(node, msgspec.inspect.DictType):
+            node = node.value_type
+    node = _unwrap(node)
+    return [f.encode_name for f in node.fields] if isinstance(node, msgspec.inspect.StructType) else []
+
+
+def _unwrap(node: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if isinstance(node, msgspec.inspect.UnionType):
+        kinds = [t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)]
+        return kinds[0] if len(kinds) == 1 else node
+    return node
 
 
 def _field_of(message: str) -> str:

@@ -97,6 +97,9 @@ def apply(
             delta = deltas.get(ev.campaign_id)
             if delta is None:
                 delta = deltas[ev.campaign_id] = CampaignDelta(project_id, ev.campaign_id)
+            # every send and click, copies and failed ones too: the channel set depends on the events
+            # only, never on which copy came first
+            delta.seen_on(_VALUE[ev.channel])
             result = _add_send(state, ev, delta) if isinstance(ev, Send) else _add_click(state, ev, delta)
         out.count(pos.topic, result)
     if out.replayed:
@@ -124,7 +127,7 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
             return "duplicate"
         state.failed.append(Failed(ev.campaign_id, ev.message_id, ev.device_id, ev.ts))
         delta.add("failed")
-        delta.seen(ev.ts, _VALUE[ev.channel])
+        delta.seen(ev.ts)
         return "applied"
     copy = False
     for t in state.touches:
@@ -145,7 +148,7 @@ def _add_send(state: UserState, ev: Send, delta: CampaignDelta) -> str:
     )
     delta.add("sends")
     _reach(state, ev.campaign_id, _SEND, delta)
-    delta.seen(ev.ts, _VALUE[ev.channel])
+    delta.seen(ev.ts)
     return "applied"
 
 
@@ -157,7 +160,7 @@ def _add_click(state: UserState, ev: Click, delta: CampaignDelta) -> str:
     )
     delta.add("clicks")
     _reach(state, ev.campaign_id, _CLICK, delta)
-    delta.seen(ev.ts, _VALUE[ev.channel])
+    delta.seen(ev.ts)
     return "applied"
 
 

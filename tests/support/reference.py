@@ -50,6 +50,16 @@ def _primary(channel: str, basis_cfg: dict[str, Any]) -> str:
     return str(basis_cfg.get(channel, "send"))
 
 
+CHANNEL_ORDER = ("push", "web_push", "kakao", "sms", "in_app", "email")
+
+
+def _rate_channel(campaign: str, seen: set[str], cfg: ProjectSettings | None) -> str | None:
+    """The declared channel of the campaign, else the first channel seen in the contract's order."""
+    if cfg is not None and campaign in cfg.campaign_channels:
+        return cfg.campaign_channels[campaign]
+    return next((c for c in CHANNEL_ORDER if c in seen), None)
+
+
 def reference(
     events: list[Event], settings: dict[str, ProjectSettings]
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -78,24 +88,25 @@ def reference(
             goals.append(e)
 
     tallies: defaultdict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"sends": 0, "send_users": set(), "failed": 0, "clicks": 0, "click_users": set(), "ch": None}
+        lambda: {"sends": 0, "send_users": set(), "failed": 0, "clicks": 0, "click_users": set(), "ch": set()}
     )
+    # every channel a campaign's sends (sent or failed, copies too) and clicks came on
+    for e in unique.values():
+        if not isinstance(e, Goal):
+            tallies[(e.project_id, e.campaign_id)]["ch"].add(e.channel.value)
     touches: dict[tuple[str, str, str, str], list[Send | Click]] = defaultdict(list)
     for s in sends.values():
         t = tallies[(s.project_id, s.campaign_id)]
         t["sends"] += 1
         t["send_users"].add(s.user_key)
-        t["ch"] = t["ch"] or s.channel.value
     for s in copies:
         touches[(s.project_id, s.campaign_id, "send", s.user_key)].append(s)
-    for (p, c, _, _, _), f in failed.items():
+    for p, c, _, _, _ in failed:
         tallies[(p, c)]["failed"] += 1
-        tallies[(p, c)]["ch"] = tallies[(p, c)]["ch"] or f.channel.value
     for ck in clicks:
         t = tallies[(ck.project_id, ck.campaign_id)]
         t["clicks"] += 1
         t["click_users"].add(ck.user_key)
-        t["ch"] = t["ch"] or ck.channel.value
         touches[(ck.project_id, ck.campaign_id, "click", ck.user_key)].append(ck)
 
     convs: dict[str, dict[str, Any]] = {}
@@ -126,7 +137,9 @@ def reference(
                         if ev.purchase.quantity_key
                         else Decimal(1)
                     )
-                    if a is not None and q is not None:
+                    # the contract: an amount >= 0 (zero included) times a whole quantity >= 1;
+                    # anything else is a missing amount
+                    if a is not None and a >= 0 and q is not None and q >= 1 and q % 1 == 0:
                         amount = a * q
                 cid = conversion_id(project, campaign, ev.name, basis, user)
                 convs[cid] = {
@@ -157,8 +170,9 @@ def reference(
     for (project, campaign), t in tallies.items():
         cfg = settings.get(project)
         per_event: dict[str, Any] = {}
+        rate_channel = _rate_channel(campaign, t["ch"], cfg)
         for ev in cfg.conversion_events if cfg else []:
-            primary = _primary(t["ch"], dict(ev.basis)) if t["ch"] else "send"
+            primary = _primary(rate_channel, dict(ev.basis)) if rate_channel else "send"
             per: dict[str, dict[str, Any]] = {
                 b: {
                     "conversions": counts[(project, campaign, ev.name, b)],
@@ -184,6 +198,7 @@ def reference(
             "failed": t["failed"],
             "clicks": t["clicks"],
             "click_users": len(t["click_users"]),
+            "channels": sorted(t["ch"]),
             "events": per_event,
         }
     return out, convs
