@@ -179,8 +179,11 @@ def _read_settings(files: tuple[Path, ...]) -> list[tuple[Path, Any]]:
         for i, doc in enumerate(raw if many else [raw]):
             where = f"{path} (document {i + 1})" if many else str(path)
             try:
+                # the worker's own check first: its errors name the field (an unknown one with the
+                # fields expected there); then the schema's limits it does not check itself
+                parsed = parse_settings(doc, limit)
                 contract.validator("settings")(doc)
-                docs.append((path, parse_settings(doc, limit)))
+                docs.append((path, parsed))
             except BadSettings as exc:
                 raise BadSettings(where, str(exc)) from None
             except AttributionError as exc:

@@ -66,19 +66,19 @@ def add_failed(state: UserState, ev: Send, delta: CampaignDelta) -> str:
         return "duplicate"
     state.failed.append(Failed(ev.campaign_id, ev.message_id, ev.device_id, ev.ts))
     delta.add("failed")
-    delta.seen(ev.ts, _VALUE[ev.channel])
+    delta.seen(ev.ts)
     return "applied"
 
 
 def add_touch(state: UserState, t: Touch, delta: CampaignDelta) -> str:
-    channel, basis = KINDS[t.kind]
+    basis = KINDS[t.kind][1]
     if basis == _CLICK:
         if any(o.event_id == t.event_id and not IS_SEND[o.kind] for o in state.touches):
             return "duplicate"
         state.touches.append(t)
         delta.add("clicks")
         _reach(state, t.campaign, _CLICK, delta)
-        delta.seen(t.ts, channel)
+        delta.seen(t.ts)
         return "applied"
     copy = False
     for o in state.touches:
@@ -94,7 +94,7 @@ def add_touch(state: UserState, t: Touch, delta: CampaignDelta) -> str:
         return "duplicate"
     delta.add("sends")
     _reach(state, t.campaign, _SEND, delta)
-    delta.seen(t.ts, channel)
+    delta.seen(t.ts)
     return "applied"
 
 
@@ -119,9 +119,9 @@ def remove_touch(state: UserState, event_id: str, is_send: bool, delta_of: Delta
     if found is None:
         return None
     state.touches.remove(found)
-    channel, basis = KINDS[found.kind]
+    basis = KINDS[found.kind][1]
     delta = delta_of(found.campaign)
-    delta.seen(found.ts, channel)
+    delta.seen(found.ts)
     rest = [o for o in state.touches if o.campaign == found.campaign and KINDS[o.kind][1] == basis]
     if is_send:
         if not any(o.message_id == found.message_id and o.device_id == found.device_id for o in rest):

@@ -2,6 +2,11 @@
 
 Amounts are bounded (at most ``MAX_DIGITS`` significant digits, exponent within ``MAX_EXPONENT``) so
 that products and sums stay exact in the ``MONEY`` context; anything else counts as "not numeric".
+
+The contract (topics/README.md): a purchase amount is ``amount x quantity`` where the amount is a
+number >= 0 (zero is a valid amount) and the quantity a whole number >= 1 (``2``, ``"2"`` and ``2.0``
+alike). A negative amount, or a quantity that is zero, negative or fractional, makes the amount
+missing, exactly like a non-numeric one: the conversion counts with ``amount: null``.
 """
 
 from __future__ import annotations
@@ -41,14 +46,16 @@ def to_decimal(value: Any) -> Decimal | None:
 
 
 def purchase_amount(purchase: Purchase, properties: dict[str, Any]) -> Decimal | None:
-    """``amount * quantity`` read from a goal's properties, or None when either is missing or not numeric."""
+    """``amount * quantity`` read from a goal's properties, or None when the amount is missing, not
+    numeric or negative, or the quantity (when configured) is missing, not numeric or not a whole
+    number >= 1."""
     amount = to_decimal(properties.get(purchase.amount_key))
-    if amount is None:
+    if amount is None or amount < 0:
         return None
     if purchase.quantity_key is None:
         return amount
     quantity = to_decimal(properties.get(purchase.quantity_key))
-    if quantity is None:
+    if quantity is None or quantity < 1 or quantity != quantity.to_integral_value():
         return None
     try:
         return MONEY.multiply(amount, quantity)

@@ -1,7 +1,12 @@
 """Project settings: conversion events, windows, the measurement basis per channel, purchase keys.
 
 FlareLane's rules: push (and web push, email) may measure from the send or the click; KakaoTalk and
-SMS only from the send; in-app messages only from the click. A setting that says otherwise is refused.
+SMS only from the send; in-app messages only from the click. A setting that says otherwise is refused,
+and so is a field the settings do not define, at any level (a typo must not pass silently).
+
+A campaign's rate is measured on the primary basis of one channel: the one ``campaign_channels``
+declares for it, else the first of the channels its sends and clicks came on in ``CHANNEL_ORDER``
+(never the order in which they arrived).
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import functools
 import re
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from typing import Any
 
 import msgspec
 
@@ -20,6 +26,13 @@ MAX_WINDOW_MS = 90 * 24 * 3600 * 1000
 MAX_VISITOR_DAYS = 180
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _FORBIDDEN_IN_NAMES = "|"
+MAX_ID_LENGTH = 256
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`(?: - at `\$(?P<at>.*)`)?$")
+_PATH_STEP = re.compile(r"\.(?P<field>[^.\[]+)|\[(?P<index>[^\]]*)\]")
+
+#: Which channel makes the rate of a campaign seen on several (unless ``campaign_channels`` says):
+#: the first of them in this order, the declaration order of ``Channel``.
+CHANNEL_ORDER: tuple[Channel, ...] = tuple(Channel)
 
 #: The bases each channel can be measured on; the first one is the default.
 CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
@@ -32,7 +45,10 @@ CHANNEL_BASES: dict[Channel, tuple[Basis, ...]] = {
 }
 
 
-class Purchase(msgspec.Struct, frozen=True, kw_only=True):
+# forbid_unknown_fields: a settings document with a field these structs do not define is refused;
+# omit_defaults: a document encoded here (kept in Redis, published) names only the fields it sets, so
+# a worker that does not know a field added later still reads documents that do not use it.
+class Purchase(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """How to read the amount of a purchase goal: ``properties[amount_key] * properties[quantity_key]``
     (quantity 1 when no ``quantity_key`` is configured)."""
 
@@ -41,7 +57,9 @@ class Purchase(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
 
 
-class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
+class ConversionEvent(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     name: str
     window_ms: int
     basis: dict[str, Basis] = msgspec.field(default_factory=dict)
@@ -55,7 +73,7 @@ class ConversionEvent(msgspec.Struct, frozen=True, kw_only=True):
         return self.basis.get(channel.value, Basis.SEND)
 
 
-class CampaignGoal(msgspec.Struct, frozen=True, kw_only=True):
+class CampaignGoal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """A goal event measured for one campaign only (KARTE's per-serve goal), on both bases."""
 
     campaign_id: str
@@ -63,10 +81,14 @@ class CampaignGoal(msgspec.Struct, frozen=True, kw_only=True):
     window_ms: int
 
 
-class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+class ProjectSettings(
+    msgspec.Struct, frozen=True, kw_only=True, dict=True, forbid_unknown_fields=True, omit_defaults=True
+):
     project_id: str
     version: int
     conversion_events: list[ConversionEvent]
+    #: campaign id -> the channel whose primary basis makes the campaign's rate (validated)
+    campaign_channels: dict[str, str] = msgspec.field(default_factory=dict)
     campaign_goals: list[CampaignGoal] = msgspec.field(default_factory=list)
     visitor_days: int = 7
     timezone: str = "UTC"
@@ -114,12 +136,28 @@ class ProjectSettings(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         windows = [ev.window_ms for ev in self.conversion_events] + [g.window_ms for g in self.campaign_goals]
         return max(windows, default=0)
 
+    def rate_channel(self, campaign_id: str, seen: Collection[Channel]) -> Channel | None:
+        """The channel whose primary basis makes the campaign's rate: the declared one, else the
+        first of ``seen`` (the channels its sends and clicks came on) in ``CHANNEL_ORDER``."""
+        declared = self.campaign_channels.get(campaign_id)
+        if declared is not None:
+            return Channel(declared)
+        return next((c for c in CHANNEL_ORDER if c in seen), None)
+
 
 def parse_settings(raw: object, max_events: int = 5) -> ProjectSettings:
     """Validate a settings document (already JSON-decoded); raises BadSettings naming the field."""
     try:
         settings = msgspec.convert(raw, ProjectSettings)
     except msgspec.ValidationError as exc:
+        unknown = _UNKNOWN_FIELD.match(str(exc))
+        if unknown is not None:
+            at, name = unknown["at"] or "", unknown["name"]
+            expected = ", ".join(_fields_at(at))
+            raise BadSettings(
+                f"{at.removeprefix('.')}.{name}".removeprefix("."),
+                f"unknown field (expected one of: {expected})",
+            ) from None
         raise BadSettings(_field_of(str(exc)), str(exc)) from None
     validate(settings, max_events)
     return settings
@@ -149,6 +187,7 @@ def validate(settings: ProjectSettings, max_events: int) -> None:
         _check_basis(at, ev.basis)
         if ev.purchase is not None and not _CURRENCY.match(ev.purchase.currency):
             raise BadSettings(f"{at}.purchase.currency", "must be an ISO 4217 code such as KRW or USD")
+    _check_campaign_channels(settings.campaign_channels)
     _check_campaign_goals(settings.campaign_goals)
     if not 1 <= settings.visitor_days <= MAX_VISITOR_DAYS:
         raise BadSettings("visitor_days", f"must be between 1 and {MAX_VISITOR_DAYS}")
@@ -177,6 +216,18 @@ def _check_campaign_goals(goals: list[CampaignGoal]) -> None:
             raise BadSettings(f"{at}.window_ms", f"must be between 1 and {MAX_WINDOW_MS} (90 days)")
 
 
+def _check_campaign_channels(declared: dict[str, str]) -> None:
+    for campaign_id, channel_name in declared.items():
+        if not 0 < len(campaign_id) <= MAX_ID_LENGTH:
+            raise BadSettings("campaign_channels", f"a campaign id must have 1 to {MAX_ID_LENGTH} characters")
+        if channel_name not in Channel._value2member_map_:
+            known = ", ".join(c.value for c in Channel)
+            raise BadSettings(
+                f"campaign_channels.{campaign_id}",
+                f"unknown channel {channel_name!r} (expected one of: {known})",
+            )
+
+
 def _check_basis(at: str, basis: dict[str, Basis]) -> None:
     for channel_name, chosen in basis.items():
         try:
@@ -189,6 +240,30 @@ def _check_basis(at: str, basis: dict[str, Basis]) -> None:
             raise BadSettings(
                 f"{at}.basis.{channel_name}", f"{channel.value} can only be measured from the {only}"
             )
+
+
+def _fields_at(path: str) -> list[str]:
+    """The field names of the settings struct at ``path`` (msgspec's form without ``$``, e.g.
+    ``.conversion_events[0].purchase``), for an unknown-field message."""
+    node: Any = msgspec.inspect.type_info(ProjectSettings)
+    for step in _PATH_STEP.finditer(path):
+        node = _unwrap(node)
+        if step["field"] is not None and isinstance(node, msgspec.inspect.StructType):
+            node = next(f.type for f in node.fields if f.encode_name == step["field"])
+        elif isinstance(node, msgspec.inspect.ListType):
+            node = node.item_type
+        elif isinstance(node, msgspec.inspect.DictType):
+            node = node.value_type
+    node = _unwrap(node)
+    return [f.encode_name for f in node.fields] if isinstance(node, msgspec.inspect.StructType) else []
+
+
+def _unwrap(node: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if isinstance(node, msgspec.inspect.UnionType):
+        kinds = [t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)]
+        return kinds[0] if len(kinds) == 1 else node
+    return node
 
 
 def _field_of(message: str) -> str:

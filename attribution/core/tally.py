@@ -37,18 +37,39 @@ def revenue_field(event: str, basis: str, currency: str) -> str:
     return f"r|{event}|{basis}|{currency}"
 
 
-class CampaignDelta(msgspec.Struct, gc=False):
+def channel_field(channel: str) -> str:
+    """Set (to 1) once a send or click of the campaign came on ``channel``: the set of channels seen."""
+    return f"ch|{channel}"
+
+
+_CHANNEL_FIELDS = {channel_field(c.value): c for c in Channel}
+#: written before the channel set existed: the first channel seen (one more channel of the set)
+LEGACY_CHANNEL_FIELD = "channel"
+
+
+def channels_seen(fields: dict[str, str]) -> set[Channel]:
+    """The channels a campaign's sends and clicks came on, from its counter hash."""
+    seen = {c for f, c in _CHANNEL_FIELDS.items() if f in fields}
+    legacy = fields.get(LEGACY_CHANNEL_FIELD, "")
+    if legacy in Channel._value2member_map_:
+        seen.add(Channel(legacy))
+    return seen
+
+
+class CampaignDelta(msgspec.Struct, gc=False, omit_defaults=True):
     """What one batch changes in one campaign's counters (an empty one republishes the tally).
     ``campaign_id`` empty: the project's subscription counters, or those of ``day`` when set.
 
-    A msgspec struct: made per user per batch, and encoded into the partition journal in C."""
+    A msgspec struct: made per user per batch, and encoded into the partition journal in C (as a map
+    without its default fields; an unknown field is ignored when a journal is read)."""
 
     project_id: str
     campaign_id: str
     counts: dict[str, int] = msgspec.field(default_factory=dict)
     revenue: dict[str, Decimal] = msgspec.field(default_factory=dict)
     as_of_ts: int = 0
-    channel: str | None = None
+    channels: list[str] = msgspec.field(default_factory=list)  # every channel the batch saw it on
+    channel: str | None = None  # never written: the one channel of a journal written before `channels`
     day: str | None = None
 
     def add(self, name: str, n: int = 1) -> None:
@@ -58,10 +79,19 @@ class CampaignDelta(msgspec.Struct, gc=False):
         f = revenue_field(event, basis, currency)
         self.revenue[f] = add(self.revenue.get(f, Decimal(0)), amount)
 
-    def seen(self, ts: int, channel: str | None = None) -> None:
+    def seen(self, ts: int) -> None:
         self.as_of_ts = max(self.as_of_ts, ts)
-        if channel is not None and self.channel is None:
-            self.channel = channel
+
+    def seen_on(self, channel: str) -> None:
+        """A send or click of the campaign came on ``channel``."""
+        if channel not in self.channels:
+            self.channels.append(channel)
+
+    def all_channels(self) -> list[str]:
+        """``channels``, and the channel of a journal written before them."""
+        if self.channel is None or self.channel in self.channels:
+            return self.channels
+        return [*self.channels, self.channel]
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -92,6 +122,8 @@ class TallyRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     failed: int
     clicks: int
     click_users: int
+    # every record written since the field exists has it; older records on the topic do not
+    channels: list[Channel] = msgspec.field(default_factory=list)
     events: dict[str, EventTally]
     accepted: int = 0  # KARTE web push; 0 in records written before they existed
     displayed: int = 0
@@ -102,10 +134,11 @@ class TallyRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 def snapshot(
     project_id: str, campaign_id: str, fields: dict[str, str], settings: ProjectSettings | None
 ) -> dict[str, Any]:
-    """The tally record for one campaign from its counter hash; ``rate`` uses the primary basis."""
+    """The tally record for one campaign from its counter hash; ``rate`` uses the primary basis of
+    the campaign's rate channel (``ProjectSettings.rate_channel``)."""
     counts = {name: int(fields.get(name, 0)) for name in COUNTS}
-    channel_name = fields.get("channel", "")
-    channel = Channel(channel_name) if channel_name in Channel._value2member_map_ else None
+    seen = channels_seen(fields)
+    channel = settings.rate_channel(campaign_id, seen) if settings is not None else None
     names = {ev.name for ev in settings.events_for(campaign_id)} if settings else set()
     for f in fields:
         if f.startswith(("c|", "r|")):
@@ -140,5 +173,6 @@ def snapshot(
         "version": int(fields.get("version", 0)),
         "as_of_ts": int(fields.get("as_of", 0)),
         **counts,
+        "channels": sorted(c.value for c in seen),
         "events": events,
     }

@@ -111,8 +111,13 @@ def apply(
                 subs = Subscriptions(project_id)
             result = _add_web(state, ev, settings, deltas, subs, anonymous)
         elif isinstance(ev, Send) and ev.status == "failed":
-            result = items.add_failed(state, ev, items.delta_for(deltas, project_id, ev.campaign_id))
+            delta = items.delta_for(deltas, project_id, ev.campaign_id)
+            delta.seen_on(_VALUE[ev.channel])
+            result = items.add_failed(state, ev, delta)
         else:
+            # every send and click, copies and failed ones too: the channel set depends on the events
+            # only, never on which copy came first
+            items.delta_for(deltas, project_id, ev.campaign_id).seen_on(_VALUE[ev.channel])
             touch = items.send_touch(ev) if isinstance(ev, Send) else items.click_touch(ev)
             result = _take(state, touch, anonymous, deltas, project_id)
         if routing is not None:
@@ -178,6 +183,7 @@ def _add_web(
     result = "visit"
     if name in web.SERVE_EVENTS:
         campaign = ev.campaign_id or ""
+        items.delta_for(deltas, ev.project_id, campaign).seen_on(_VALUE[Channel.WEB_PUSH])
         if name == web.CLICK:
             touch = items.click_touch(web.as_click(ev))
             result = _take(state, touch, routing, deltas, ev.project_id)
@@ -216,7 +222,7 @@ def _count_web(state: UserState, ev: WebEvent, counter: str, delta: CampaignDelt
         return "duplicate"
     state.marks.append(Mark(ev.event_id, ev.ts))
     delta.add(counter)
-    delta.seen(ev.ts, _VALUE[Channel.WEB_PUSH])
+    delta.seen(ev.ts)
     return "applied"
 
 

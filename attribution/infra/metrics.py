@@ -59,7 +59,8 @@ class Metrics:
         )
         self.amount_missing = Counter(
             "attribution_amount_missing",
-            "Purchase conversions whose amount or quantity was missing or not numeric",
+            "Purchase conversions counted with amount null: the amount missing, not numeric or negative, "
+            "or the quantity missing, not numeric, zero, negative or fractional",
             ["event"],
             registry=r,
         )

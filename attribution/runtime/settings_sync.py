@@ -8,6 +8,13 @@ guards make settings move forward only:
   (the same version with the same content is accepted as already published: deploy jobs re-run);
 - the worker keeps the settings it puts in force in Redis (``state/lua/settings.lua``, newest
   version wins) and, at start, takes the newer of the topic's and Redis' version of each project.
+
+A record the worker refuses (not JSON, or settings ``parse_settings`` refuses) changes nothing and is
+dead-lettered once: every worker reads the whole topic at each start, so the feed keeps the refused
+records above the highest settings offset already dead-lettered (kept in Redis next to the kept
+settings) until the worker holding input partition 0 (one member of the group) has published them
+to the DLQ and raised that offset. A crash between the two, or partition 0 moving to another worker
+meanwhile, publishes one again (the DLQ is at least once); a rebuild, which wipes Redis, does too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import msgspec
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from attribution.core.outputs import DeadLetter, dead_letter
 from attribution.core.rules import ProjectSettings, SettingsBook, parse_settings
 from attribution.errors import AttributionError, BadSettings, MissingTopics
 from attribution.infra.config import Config
@@ -42,7 +50,7 @@ class SettingsFeed:
         self.config = config
         self.book = book
         self.store = store
-        self.rejected: list[tuple[int, str]] = []
+        self.refused: list[DeadLetter] = []  # refused records not dead-lettered yet (module docstring)
         self.pending: list[ProjectSettings] = []
         topic = config.topic("settings")
         metadata = kafka_io.probe(config)
@@ -99,16 +107,38 @@ class SettingsFeed:
             value = msg.value()
             if value is None:
                 continue
-            try:
-                settings = parse_settings(orjson.loads(value), self.config.max_conversion_events)
-            except (BadSettings, orjson.JSONDecodeError) as exc:
-                self.rejected.append((msg.offset() or 0, str(exc)))
-                log.error("settings record at offset %s refused: %s", msg.offset(), exc)
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            settings = settings_record(
+                topic, partition, offset, msg.key(), value, self.config.max_conversion_events
+            )
+            if isinstance(settings, DeadLetter):
+                self.refused.append(settings)
+                log.error("settings record at offset %d refused: %s", offset, settings.error)
                 continue
             if self.book.put(settings):
                 changed.append(settings)
         self.pending += changed
         return changed
+
+    def dead_letters_due(self) -> list[DeadLetter]:
+        """The refused records no worker has dead-lettered yet (by the offset kept in Redis)."""
+        if not self.refused or self.store is None:
+            return []
+        streams = {(d.topic, d.partition) for d in self.refused}
+        done = {(t, p): self.store.dead_lettered(f"{t}:{p}") for t, p in streams}
+        self.refused = [d for d in self.refused if d.offset > done[(d.topic, d.partition)]]
+        return list(self.refused)
+
+    def dead_lettered(self, letters: Sequence[DeadLetter]) -> None:
+        """``letters`` reached the DLQ: raise the highest dead-lettered offset kept in Redis."""
+        if not letters or self.store is None:
+            return
+        highest: dict[tuple[str, int], int] = {}
+        for d in letters:
+            highest[(d.topic, d.partition)] = max(d.offset, highest.get((d.topic, d.partition), -1))
+        for (topic, partition), offset in highest.items():
+            self.store.mark_dead_lettered(f"{topic}:{partition}", offset)
+        self.refused = [d for d in self.refused if d.offset > highest.get((d.topic, d.partition), -1)]
 
     def keep(self, settings: Iterable[ProjectSettings | None]) -> None:
         """Keep these settings in Redis (a newer version kept there stays)."""
@@ -124,6 +154,19 @@ class SettingsFeed:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def settings_record(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes, max_events: int
+) -> ProjectSettings | DeadLetter:
+    """The settings a record of the settings topic holds, or the dead letter saying why it is refused."""
+    try:
+        return parse_settings(orjson.loads(value), max_events)
+    except orjson.JSONDecodeError as exc:
+        reason = f"not JSON: {exc}"
+    except BadSettings as exc:
+        reason = f"invalid settings: {exc}"
+    return dead_letter(topic, partition, offset, key, value, reason)
 
 
 def published(config: Config) -> SettingsBook:

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from redis.backoff import ExponentialWithJitterBackoff
 
 from attribution.contract.topics import INPUTS
+from attribution.core.outputs import DeadLetter
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
 from attribution.engine.tally_feed import TallyFeed
@@ -170,7 +171,11 @@ class Worker:
                         self._settings_changed(settings.pending)
                         settings.keep(settings.pending)
                         settings.pending = []
-                    self._handle(messages, consumer, outputs)
+                    # refused settings records: dead-lettered by one worker, the holder of partition 0
+                    owner = (cfg.topic(INPUTS[0]), 0) in self.assigned
+                    dead = settings.dead_letters_due() if owner else []
+                    self._handle(messages, consumer, outputs, dead)
+                    settings.dead_lettered(dead)
                     now = time.monotonic()
                     if now >= next_tally:
                         self._publish_tallies(outputs)
@@ -237,10 +242,14 @@ class Worker:
             self.paused.clear()
         self._stop.wait(wait_s)
 
-    def _handle(self, messages: list[Message], consumer: Consumer, outputs: Outputs) -> None:
-        """Decode what arrived, process what the aligner releases, publish, then commit."""
+    def _handle(
+        self, messages: list[Message], consumer: Consumer, outputs: Outputs, dead: list[DeadLetter]
+    ) -> None:
+        """Decode what arrived, process what the aligner releases, publish (with ``dead``, refused
+        settings records), then commit."""
         started = time.perf_counter()
-        result = BatchResult()
+        result = BatchResult(dead_letters=list(dead))
+        result.outcomes.update((d.topic, "dlq") for d in dead)
         for m in messages:
             err = m.error()
             topic, partition = m.topic() or "", m.partition() or 0

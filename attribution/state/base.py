@@ -41,7 +41,7 @@ class CounterWrite:
     partition: int = 0
     seq: int = 1
     as_of_ts: int = 0
-    channel: str | None = None
+    channels: list[str] = field(default_factory=list)  # channels the batch saw the campaign on
     persist: bool = False  # never expires (subscription counters: subscribers are kept until they leave)
     counts: dict[str, int] = field(default_factory=dict)
     revenue: dict[str, Decimal] = field(default_factory=dict)
@@ -126,6 +126,15 @@ class Store(Protocol):
 
     def settings_documents(self) -> list[bytes]:
         """Every kept settings document (JSON), one per project."""
+        ...
+
+    def dead_lettered(self, stream: str) -> int:
+        """The highest offset of ``stream`` (``topic:partition`` of the settings topic) whose record
+        a worker dead-lettered, -1 when none."""
+        ...
+
+    def mark_dead_lettered(self, stream: str, offset: int) -> None:
+        """Raise that offset to ``offset`` (never lowers it)."""
         ...
 
     def generation(self) -> Generation: ...

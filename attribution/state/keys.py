@@ -17,13 +17,17 @@ key                                         type    contents
 ``<prefix>:c:{<project>|<campaign>}``       hash    tally counters: sends, send_users, failed, clicks,
                                                     click_users, ``c|event|basis``,
                                                     ``r|event|basis|currency`` (decimal strings),
-                                                    ``version``, ``as_of``, ``channel``, ``f|<partition>``
-                                                    (seq of the last batch of that partition applied)
+                                                    ``version``, ``as_of``, ``ch|<channel>`` (1 for each
+                                                    channel its sends and clicks came on; ``channel``:
+                                                    the first one, in hashes of earlier versions),
+                                                    ``f|<partition>`` (seq of the last batch of that
+                                                    partition applied)
 ``<prefix>:s:{<project>}``                  hash    the project's subscription counters: ``on``
                                                     (users whose web-push permission is on),
                                                     ``v|<day>|on`` / ``v|<day>|off`` (users by last
                                                     visit day and permission), ``as_of`` (the
-                                                    project clock), ``version``, ``f|<partition>``
+                                                    project clock), ``version``, ``f|<partition>``;
+                                                    never expires
 ``<prefix>:sd:{<project>|<day>}``           hash    one day's subscription counters (``sessions``),
                                                     ``version``, ``as_of``, ``f|<partition>``
 ``<prefix>:campaigns:{<project>}``          set     dirty members of the project's campaigns and
@@ -42,6 +46,9 @@ key                                         type    contents
 ``<prefix>:settings:{settings}``            hash    project id -> ``<version>|<JSON settings>``: the
                                                     newest settings a worker put in force (a compacted
                                                     settings topic may keep only an older record)
+``<prefix>:dlq:{settings}``                 zset    ``<settings topic>:<partition>`` -> the highest offset
+                                                    of a refused settings record a worker dead-lettered
+                                                    (so that a restart does not dead-letter it again)
 ``<prefix>:gen``, ``<prefix>:gen:{<tag>}``  string  the state generation (one marker per hash slot on a
                                                     cluster): missing markers mean lost state
 ==========================================  ======  ====================================================
@@ -142,6 +149,10 @@ class Keys:
     @property
     def settings(self) -> str:
         return f"{self.prefix}:settings:{{settings}}"
+
+    @property
+    def dead_lettered(self) -> str:
+        return f"{self.prefix}:dlq:{{settings}}"
 
     @property
     def dirty(self) -> str:

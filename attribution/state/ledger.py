@@ -169,11 +169,11 @@ def _counters(keys: Keys, partition: int, seq: int, entries: Sequence[_Entry]) -
                     project_key=keys.project_campaigns(d.project_id),
                     partition=partition,
                     seq=seq,
-                    channel=d.channel,
                     persist=ident.campaign_id is None,
                 )
-            elif c.channel is None:
-                c.channel = d.channel
+            for channel in d.all_channels():
+                if channel not in c.channels:
+                    c.channels.append(channel)
             counts = c.counts
             for name, n in d.counts.items():
                 counts[name] = counts.get(name, 0) + n

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from attribution.core.money import add, fmt
+from attribution.core.tally import channel_field
 from attribution.state.base import CounterWrite, Generation, Journal, Loaded, OpenBatch, UserWrite
 
 
@@ -28,6 +29,7 @@ class MemoryStore:
         self.projects: dict[str, set[tuple[str, str]]] = {}
         self.markers: str | None = None
         self.settings: dict[str, tuple[int, bytes]] = {}
+        self.dead_letter_offsets: dict[str, int] = {}
 
     def load(self, user_keys: Sequence[str], partitions: Sequence[int]) -> Loaded:
         users: dict[str, tuple[bytes | None, str | None]] = {}
@@ -94,8 +96,8 @@ class MemoryStore:
                 for name, amount in c.revenue.items():
                     h[name] = fmt(add(Decimal(h.get(name, "0")), amount))
                 h["as_of"] = str(max(int(h.get("as_of", "0")), c.as_of_ts))
-                if c.channel:
-                    h.setdefault("channel", c.channel)
+                for channel in c.channels:
+                    h[channel_field(channel)] = "1"
                 h["version"] = str(max(int(h.get("version", "0")) + 1, now_ms * 1000))
                 h[fence] = str(c.seq)
         for c in counters:
@@ -147,6 +149,12 @@ class MemoryStore:
 
     def settings_documents(self) -> list[bytes]:
         return [doc for _, doc in self.settings.values()]
+
+    def dead_lettered(self, stream: str) -> int:
+        return self.dead_letter_offsets.get(stream, -1)
+
+    def mark_dead_lettered(self, stream: str, offset: int) -> None:
+        self.dead_letter_offsets[stream] = max(offset, self.dead_lettered(stream))
 
     def generation(self) -> Generation:
         return Generation(frozenset([self.markers]), 1)

@@ -10,6 +10,7 @@ from typing import Any, cast
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from attribution.core.money import fmt
+from attribution.core.tally import channel_field
 from attribution.state.base import CounterWrite, Generation, Journal, Loaded, OpenBatch, UserWrite
 from attribution.state.keys import Keys
 from attribution.state.router import Call, Client, Router, close, connect
@@ -110,11 +111,12 @@ class RedisStore:
                     c.partition,
                     c.seq,
                     c.as_of_ts,
-                    c.channel or "",
                     0 if c.persist else 1,
+                    len(c.channels),
                     len(c.counts),
                     len(c.revenue),
                 ]
+                args += [channel_field(channel) for channel in c.channels]
                 for name, n in c.counts.items():
                     args += [name, n]
                 for name, amount in c.revenue.items():
@@ -177,6 +179,13 @@ class RedisStore:
     def settings_documents(self) -> list[bytes]:
         values = cast(list[bytes], self.client.hvals(self.keys.settings))
         return [v.split(b"|", 1)[1] for v in values]
+
+    def dead_lettered(self, stream: str) -> int:
+        score = self.client.zscore(self.keys.dead_lettered, stream)
+        return int(score) if score is not None else -1
+
+    def mark_dead_lettered(self, stream: str, offset: int) -> None:
+        self.client.zadd(self.keys.dead_lettered, {stream: offset}, gt=True)  # only ever raised
 
     # -- generation ---------------------------------------------------------------------------------
 

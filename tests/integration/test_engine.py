@@ -232,6 +232,88 @@ def test_settings_file_with_a_click_basis_for_kakao_is_refused(tmp_path: Any, ca
     assert "kakao" in capsys.readouterr().err
 
 
+def produce_settings_raw(engine: Engine, key: bytes, value: bytes) -> int:
+    """A record on the settings topic as a producer that skips `attribution settings put` writes it;
+    returns its offset."""
+    offsets: list[int] = []
+    engine.producer.produce(
+        engine.config.topic("settings"),
+        key=key,
+        value=value,
+        on_delivery=lambda err, msg: offsets.append(-1 if err else (msg.offset() or 0)),
+    )
+    assert engine.producer.flush(30) == 0
+    assert offsets and offsets[0] >= 0, offsets
+    return offsets[0]
+
+
+def test_refused_settings_records_are_dead_lettered_once_and_the_worker_keeps_going(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+    topic = engine.config.topic("settings")
+    engine.put_settings(settings())
+    kakao_click = orjson.dumps(
+        {
+            "project_id": PROJECT,
+            "version": 2,
+            "conversion_events": [{"name": "purchase", "window_ms": 1000, "basis": {"kakao": "click"}}],
+        }
+    )
+    # refused before the worker starts (read at start), then one while it runs
+    first = produce_settings_raw(engine, PROJECT.encode(), kakao_click)
+    dlq = engine.reader("dlq")
+    worker = engine.worker_thread()
+    try:
+        second = produce_settings_raw(engine, b"other", b"{not json")
+        dlq.until(lambda recs: len(recs) >= 2, what="2 dead letters of the settings topic")
+        reasons = (
+            "invalid settings: conversion_events[0].basis.kakao: kakao can only be measured from the send"
+        )
+        assert [(d["topic"], d["partition"], d["offset"], d["key"]) for d in dlq.records] == [
+            (topic, 0, first, PROJECT),
+            (topic, 0, second, "other"),
+        ]
+        assert dlq.records[0]["error"] == reasons
+        assert dlq.records[0]["raw"] == kakao_click.decode()
+        assert dlq.records[1]["error"].startswith("not JSON: ")
+        metrics = worker.worker.metrics.registry
+        assert metrics.get_sample_value("attribution_dlq_total", {"topic": topic}) == 2
+        labels = {"topic": topic, "outcome": "dlq"}
+        assert metrics.get_sample_value("attribution_events_total", labels) == 2
+        # the worker keeps going: a good record after them is taken in, events are applied
+        engine.put_settings(settings(version=3, campaign_channels={"set-c": "kakao"}))
+        engine.produce([send("set-s", "set-c", "set-d", T0, user="set-u")])
+        engine.produce([click("set-k", "set-c", "set-d", T0 + 1, user="set-u")])
+        engine.produce([goal("set-g", "purchase", "set-d", T0 + 2, user="set-u", price=5, qty=1)])
+        tallies = engine.reader("tallies")
+        # v3 declares kakao for the campaign: its rate is on the send although only push was seen
+        t = wait_tally(
+            tallies,
+            "set-c",
+            lambda t: (
+                t["events"]["purchase"]["click"]["conversions"] == 1
+                and t["events"]["purchase"]["primary"] == "send"
+            ),
+        )
+        assert t["channels"] == ["push"]
+    finally:
+        worker.stop()
+    # a restart reads the whole settings topic again: nothing is dead-lettered a second time
+    again = engine.worker_thread()
+    try:
+        engine.produce([send("set-s2", "set-c", "set-d2", T0, user="set-u2")])
+        wait_tally(tallies, "set-c", lambda t: t["sends"] == 2)
+        dlq.read_to_end()
+        assert len(dlq.records) == 2
+        assert (
+            again.worker.metrics.registry.get_sample_value("attribution_dlq_total", {"topic": topic}) is None
+        )
+    finally:
+        again.stop()
+        engine.close()
+
+
 def test_new_settings_republish_tallies_with_the_new_primary_basis(
     engine: Engine, tallies: TopicReader
 ) -> None:

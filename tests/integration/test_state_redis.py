@@ -21,6 +21,7 @@ from redis.crc import key_slot
 
 from attribution.core.model import Event
 from attribution.core.money import fmt
+from attribution.core.tally import snapshot
 from attribution.errors import BadInput, LostState
 from attribution.state import generation
 from attribution.state.base import CounterWrite, OpenBatch, UserWrite
@@ -30,7 +31,8 @@ from attribution.state.redis_store import RedisStore
 from attribution.state.router import Client, Router, connect
 from attribution.state.scripts import SCRIPTS
 from tests.support.harness import Run
-from tests.support.scenarios import PROJECT
+from tests.support.scenarios import PROJECT, click, goal, send
+from tests.support.scenarios import settings as scenario_settings
 from tests.unit.test_properties import CAMPAIGNS, GRACE_MS, SETTINGS, deliveries
 
 pytestmark = pytest.mark.integration
@@ -247,14 +249,26 @@ def test_settle_finds_written_users_and_closes_the_batch_for_the_others(
 def test_counters_apply_each_partition_batch_once(store: RedisStore, client: Client, keys: Keys) -> None:
     key = keys.campaign(PROJECT, "x")
     first = counter(
-        keys, "x", partition=0, seq=1, counts={"sends": 2, "c|purchase|send": 1}, as_of_ts=100, channel="push"
+        keys,
+        "x",
+        partition=0,
+        seq=1,
+        counts={"sends": 2, "c|purchase|send": 1},
+        as_of_ts=100,
+        channels=["push"],
     )
     store.add_counters([first], 7)
     store.add_counters([first], 8)  # a replay of (partition 0, seq 1): no change
     store.add_counters(
         [
             counter(
-                keys, "x", partition=1, seq=1, counts={"sends": 3, "failed": 1}, as_of_ts=50, channel="kakao"
+                keys,
+                "x",
+                partition=1,
+                seq=1,
+                counts={"sends": 3, "failed": 1},
+                as_of_ts=50,
+                channels=["kakao"],
             )
         ],
         8,
@@ -262,14 +276,17 @@ def test_counters_apply_each_partition_batch_once(store: RedisStore, client: Cli
     store.add_counters(
         [counter(keys, "x", partition=0, seq=2, counts={"c|purchase|send": -1}, as_of_ts=200)], 9
     )
-    store.add_counters([counter(keys, "x", partition=0, seq=2, counts={"sends": 100})], 9)  # replayed seq
+    store.add_counters(
+        [counter(keys, "x", partition=0, seq=2, counts={"sends": 100}, channels=["sms"])], 9
+    )  # replayed seq: its channel is not recorded either
     store.add_counters([counter(keys, "x", partition=0, seq=3)], 10)  # touched only: no counters, as_of 0
     assert hgetall(client, key) == {
         "sends": "5",
         "failed": "1",
         "c|purchase|send": "0",
         "as_of": "200",
-        "channel": "push",
+        "ch|push": "1",
+        "ch|kakao": "1",
         "f|0": "3",
         "f|1": "1",
         "version": "10000",  # max(previous + 1, now * 1000) at the last apply (now = 10)
@@ -279,6 +296,50 @@ def test_counters_apply_each_partition_batch_once(store: RedisStore, client: Cli
     assert client.zscore(keys.dirty, Keys.member(PROJECT, "x")) == 10000.0
     assert 0 < pttl(client, key) <= TALLY_TTL_MS
     assert client.smembers(keys.project_campaigns(PROJECT)) == {Keys.member(PROJECT, "x").encode()}
+
+
+def test_the_channel_set_is_recorded_from_batches_with_different_channels(
+    store: RedisStore, client: Client, keys: Keys
+) -> None:
+    """Every channel a campaign's events came on is kept (not the first one), whatever the order of
+    the batches; a hash written by an earlier version (its first channel in ``channel``) joins in."""
+    key = keys.campaign(PROJECT, "mixed")
+    client.hset(key, "channel", "sms")  # what the previous layout wrote for the first batch
+    store.add_counters(
+        [counter(keys, "mixed", partition=0, seq=1, counts={"sends": 1}, channels=["push"])], 1
+    )
+    store.add_counters(
+        [counter(keys, "mixed", partition=1, seq=1, counts={"sends": 1}, channels=["kakao", "push"])], 2
+    )
+    store.add_counters(
+        [counter(keys, "mixed", partition=0, seq=2, channels=["push"])], 3
+    )  # again: idempotent
+    fields = hgetall(client, key)
+    assert {f: v for f, v in fields.items() if f.startswith("ch")} == {
+        "channel": "sms",
+        "ch|push": "1",
+        "ch|kakao": "1",
+    }
+    assert snapshot(PROJECT, "mixed", fields, scenario_settings())["channels"] == ["kakao", "push", "sms"]
+
+
+def test_two_batches_on_two_channels_give_the_tally_of_either_order(client: Client, unique: str) -> None:
+    """Through the processor: the campaign's sends come in two batches on two channels, in both
+    orders; the tallies (channel set, primary basis, rate) are the same, and the twin agrees."""
+    kakao: list[Event] = [send("s1", "mixed", "d1", 0, user="u1", channel="kakao")]
+    push: list[Event] = [send("s2", "mixed", "d2", 5, user="u2"), click("k2", "mixed", "d2", 6, user="u2")]
+    buys: list[Event] = [goal("g2", "purchase", "d2", 10, user="u2", price=3, qty=1)]
+    tallies = []
+    for i, batches in enumerate([[kakao, push, buys], [push, buys, kakao]]):
+        keys = Keys(prefix=f"{unique}-order{i}")
+        for store in (RedisStore(client, keys, TALLY_TTL_MS), MemoryStore()):
+            run = Run([scenario_settings()], store=store, keys=keys).deliver(batches)
+            t = run.tally(PROJECT, "mixed")
+            tallies.append({k: v for k, v in t.items() if k not in ("version", "as_of_ts")})
+    assert all(t == tallies[0] for t in tallies), tallies
+    assert tallies[0]["channels"] == ["kakao", "push"]
+    assert tallies[0]["events"]["purchase"]["primary"] == "click"  # push's basis, push before kakao
+    assert tallies[0]["events"]["purchase"]["rate"] == 1.0
 
 
 def test_dirty_members_come_in_version_order(store: RedisStore, keys: Keys) -> None:
@@ -536,3 +597,16 @@ def test_kept_settings_only_move_forward(store: RedisStore, kind: str) -> None:
     assert sorted(kept.settings_documents()) == [b'{"version":1}', b'{"version":3}']
     assert kept.save_settings("shop|1", 10, b'{"version":10}')
     assert sorted(kept.settings_documents()) == [b'{"version":10}', b'{"version":1}']
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_the_dead_lettered_settings_offset_only_moves_forward(store: RedisStore, kind: str) -> None:
+    """The highest settings offset a worker dead-lettered: a restart skips what is at or below it."""
+    kept: RedisStore | MemoryStore = store if kind == "redis" else MemoryStore()
+    assert kept.dead_lettered("t.settings:0") == -1
+    kept.mark_dead_lettered("t.settings:0", 9)
+    kept.mark_dead_lettered("t.settings:0", 4)  # a slower worker's older mark never lowers it
+    assert kept.dead_lettered("t.settings:0") == 9
+    assert kept.dead_lettered("other.settings:0") == -1
+    kept.mark_dead_lettered("t.settings:0", 2**53)
+    assert kept.dead_lettered("t.settings:0") == 2**53

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attribution.core.model import Event
 from tests.support.harness import Run
 from tests.support.scenarios import DAY_MS, PROJECT, click, goal, send, settings
@@ -134,6 +136,38 @@ def test_purchase_with_missing_quantity_counts_with_null_amount() -> None:
     e = run.tally(PROJECT, "c1")["events"]["purchase"]["send"]
     assert e == {"conversions": 1, "revenue": {}}
     assert run.emitted[0]["amount"] is None
+
+
+def test_negative_amount_or_bad_quantity_counts_with_null_amount_and_is_counted_missing() -> None:
+    run = Run([settings()])
+    users: dict[str, dict[str, Any]] = {
+        "u1": {"price": -5, "qty": 1},
+        "u2": {"price": 100, "qty": 1.5},
+        "u3": {"price": 100, "qty": 0},
+    }
+    events: list[Event] = []
+    for user, props in users.items():
+        events += [send(f"s-{user}", "c1", f"d-{user}", 0, user=user)]
+        events += [goal(f"g-{user}", "purchase", f"d-{user}", 10, user=user, **props)]
+    events += [
+        send("s-u4", "c1", "d-u4", 0, user="u4"),
+        goal("g-u4", "purchase", "d-u4", 10, user="u4", price=0),
+    ]
+    result = run.processor.process(run.records(events), now_ms=0)
+    amounts = {c.user_key: c.amount for c in result.conversions if c.basis == "send"}
+    assert amounts == {"u1": None, "u2": None, "u3": None, "u4": None}  # u4: no quantity, so missing
+    assert result.amount_missing == {"purchase": 4}  # one conversion each (no click: send basis only)
+    free = run.processor.process(
+        run.records(
+            [
+                send("s-u5", "c1", "d-u5", 0, user="u5"),
+                goal("g-u5", "purchase", "d-u5", 10, user="u5", price=0, qty=3),
+            ]
+        ),
+        now_ms=0,
+    )
+    assert {c.amount for c in free.conversions} == {"0"}  # a zero amount is an amount
+    assert free.amount_missing == {}
 
 
 def test_failed_sends_are_counted_but_never_touch() -> None:

@@ -72,6 +72,35 @@ def test_settings_errors_name_the_file_and_the_document(
     assert f"{tmp_path / 'good.json'}: shop-kr v3: 2 conversion events ok" in capsys.readouterr().out
 
 
+INVALID = TOPICS_DIR / "examples" / "invalid" / "settings"
+
+
+def test_settings_validate_refuses_unknown_fields_naming_their_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    top, nested = INVALID / "unknown_top_level_field.json", INVALID / "unknown_conversion_event_field.json"
+    assert main(["settings", "validate", str(top)]) == 2
+    assert capsys.readouterr().err == (
+        f"attribution: bad setting {top}: conversion_event: unknown field "
+        "(expected one of: project_id, version, conversion_events, campaign_channels, campaign_goals, "
+        "visitor_days, timezone)\n"
+    )
+    assert main(["settings", "validate", str(nested)]) == 2
+    assert capsys.readouterr().err == (
+        f"attribution: bad setting {nested}: conversion_events[0].window: unknown field "
+        "(expected one of: name, window_ms, basis, purchase)\n"
+    )
+    # the same through the installed command's entry point, as an operator runs it
+    done = subprocess.run(
+        [sys.executable, "-m", "attribution", "settings", "validate", str(SHOP), str(top)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{top}: conversion_event: unknown field (expected one of: project_id" in done.stderr
+
+
 def test_settings_show_lists_every_setting_with_source_and_default_and_masks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

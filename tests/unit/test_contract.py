@@ -9,14 +9,16 @@ import pytest
 
 from attribution import contract
 from attribution.contract.topics import NAMES, Role, spec
-from attribution.core.rules import SettingsBook
+from attribution.core.rules import SettingsBook, parse_settings
 from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
-from attribution.errors import BadInput
+from attribution.errors import BadInput, BadSettings
+from attribution.runtime.settings_sync import settings_record
 from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore
 from tests.support.examples import TOPICS_DIR, examples
 
-INPUTS = ("sends", "clicks", "goals", "web_events", "identity", "settings")
+EVENTS = ("sends", "clicks", "goals", "web_events", "identity")
+INPUTS = (*EVENTS, "settings")
 OUTPUTS = ("conversions", "tallies", "subscriptions", "dlq")
 
 
@@ -69,7 +71,8 @@ def test_schema_metadata(name: str) -> None:
     assert doc["$id"] == f"attribution.{name}"
     assert doc["title"]
     assert doc["description"]
-    assert doc["additionalProperties"] is (name in INPUTS)
+    # event topics are forward compatible; settings refuse an unknown field (a typo must not pass)
+    assert doc["additionalProperties"] is (name in EVENTS)
     assert _properties_without_description(doc, name) == []
 
 
@@ -82,6 +85,30 @@ def test_error_names_the_field() -> None:
     settings = dict(examples("settings", valid=False))
     with pytest.raises(BadInput, match=r"field conversion_events\[0\]\.basis\.kakao "):
         contract.validator("settings")(settings["kakao_click_basis.json"])
+
+
+@pytest.mark.parametrize(("file", "doc"), examples("settings", valid=False))
+def test_invalid_settings_examples_are_refused_by_the_worker_too(file: str, doc: Any) -> None:
+    """A worker reads settings records with parse_settings, not the schema: it must refuse them all."""
+    with pytest.raises(BadSettings):
+        parse_settings(doc, max_events=5)
+
+
+def test_settings_refuse_unknown_fields_at_every_level_naming_the_path() -> None:
+    invalid = dict(examples("settings", valid=False))
+    with pytest.raises(BadSettings) as top:
+        parse_settings(invalid["unknown_top_level_field.json"])
+    assert str(top.value) == (
+        "conversion_event: unknown field "
+        "(expected one of: project_id, version, conversion_events, campaign_channels, campaign_goals, "
+        "visitor_days, timezone)"
+    )
+    with pytest.raises(BadSettings) as nested:
+        parse_settings(invalid["unknown_conversion_event_field.json"])
+    assert nested.value.field == "conversion_events[0].window"
+    assert nested.value.reason == "unknown field (expected one of: name, window_ms, basis, purchase)"
+    with pytest.raises(BadInput, match=r"must not contain \{'conversion_event'\} properties"):
+        contract.validator("settings")(invalid["unknown_top_level_field.json"])
 
 
 def test_defaults_are_filled() -> None:
@@ -143,3 +170,16 @@ def test_dlq_examples_are_what_the_engine_writes(file: str, doc: Any) -> None:
     record = Record(kind, doc["topic"], doc["partition"], doc["offset"], key, doc["raw"].encode())
     assert processor.decode(record, result) is None
     assert msgspec.to_builtins(result.dead_letters[0]) == doc
+
+
+@pytest.mark.parametrize(("file", "doc"), [(f, d) for f, d in examples("dlq") if _source(d) == "settings"])
+def test_settings_dlq_examples_are_what_a_worker_writes(file: str, doc: Any) -> None:
+    """Each DLQ example of the settings topic is the record a worker writes for its raw value."""
+    assert doc["partition"] == 0  # the settings topic has one partition
+    key = doc["key"].encode() if doc["key"] is not None else None
+    refused = settings_record(doc["topic"], doc["partition"], doc["offset"], key, doc["raw"].encode(), 5)
+    assert msgspec.to_builtins(refused) == doc
+
+
+def test_settings_dlq_examples_exist() -> None:
+    assert [f for f, d in examples("dlq") if _source(d) == "settings"] == ["bad_settings.json"]

@@ -109,9 +109,12 @@ NO_QTY = Purchase(amount_key="price", currency="USD")
         ({"price": "19.99", "qty": 3}, Decimal("59.97")),
         ({"price": 0.1, "qty": 3}, Decimal("0.3")),
         ({"price": 19.99, "qty": "2"}, Decimal("39.98")),
-        ({"price": -5, "qty": 2}, Decimal(-10)),
-        ({"price": "1.5", "qty": 0.5}, Decimal("0.75")),
-        ({"price": 10, "qty": 0}, Decimal(0)),
+        ({"price": "1.5", "qty": 2.0}, Decimal(3)),  # a whole number written as a float
+        ({"price": "1.5", "qty": "3.00"}, Decimal("4.5")),
+        ({"price": 7, "qty": "1e1"}, Decimal(70)),
+        ({"price": 0, "qty": 3}, Decimal(0)),  # zero is a valid amount
+        ({"price": "0.00", "qty": 1}, Decimal(0)),
+        ({"price": -0.0, "qty": 1}, Decimal(0)),
     ],
 )
 def test_purchase_amount_multiplies_exactly(properties: dict[str, Any], want: Decimal) -> None:
@@ -124,8 +127,44 @@ def test_purchase_amount_multiplies_exactly(properties: dict[str, Any], want: De
 def test_purchase_amount_without_quantity_key_is_the_amount() -> None:
     assert purchase_amount(NO_QTY, {"price": "19.99", "qty": 7}) == Decimal("19.99")
     assert purchase_amount(NO_QTY, {"price": 5}) == Decimal(5)
+    assert purchase_amount(NO_QTY, {"price": 0}) == Decimal(0)
+    assert purchase_amount(NO_QTY, {"price": 5, "qty": -1}) == Decimal(5)  # no quantity_key: not read
     assert purchase_amount(NO_QTY, {}) is None
     assert purchase_amount(NO_QTY, {"price": "abc"}) is None
+    assert purchase_amount(NO_QTY, {"price": -5}) is None
+
+
+def test_zero_amount_is_a_zero_amount_not_a_missing_one() -> None:
+    got = purchase_amount(WITH_QTY, {"price": "0", "qty": 2})
+    assert got is not None
+    assert fmt(got) == "0"
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"price": -5, "qty": 2},
+        {"price": "-19.99", "qty": 1},
+        {"price": -0.01, "qty": 1},
+        {"price": "-1e2", "qty": 1},
+        {"price": 100, "qty": 0},
+        {"price": 100, "qty": "0"},
+        {"price": 100, "qty": 0.0},
+        {"price": 100, "qty": -1},
+        {"price": 100, "qty": "-2"},
+        {"price": 100, "qty": 0.5},
+        {"price": 100, "qty": "1.5"},
+        {"price": 100, "qty": 2.25},
+        {"price": 100, "qty": "1e-1"},
+        {"price": 0, "qty": 0},
+        {"price": -5, "qty": -2},  # a positive product of two refused values is still refused
+    ],
+)
+def test_negative_amount_and_zero_negative_or_fractional_quantity_are_missing(
+    properties: dict[str, Any],
+) -> None:
+    """The contract: such an amount is missing (``amount: null``), exactly like a non-numeric one."""
+    assert purchase_amount(WITH_QTY, properties) is None
 
 
 @pytest.mark.parametrize(

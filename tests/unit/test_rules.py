@@ -17,6 +17,10 @@ from attribution.core.rules import (
 )
 from attribution.errors import BadSettings
 
+TOP_FIELDS = (
+    "project_id, version, conversion_events, campaign_channels, campaign_goals, visitor_days, timezone"
+)
+
 
 def event(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": "purchase", "window_ms": 1000}
@@ -198,6 +202,77 @@ def test_type_errors_name_the_path(raw: object, field: str) -> None:
 def test_wrong_shape_refused(raw: object) -> None:
     err = refused(raw)
     assert err.field == "settings"
+
+
+# --- unknown fields are refused at every level, naming the path -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "expected"),
+    [
+        (
+            doc(conversion_event=[]),
+            "conversion_event",
+            TOP_FIELDS,
+        ),
+        (
+            doc(time_zone="UTC"),
+            "time_zone",
+            TOP_FIELDS,
+        ),
+        (
+            doc(event(), event(name="b", windw_ms=5)),
+            "conversion_events[1].windw_ms",
+            "name, window_ms, basis, purchase",
+        ),
+        (
+            doc(event(purchase={"amount_key": "a", "currency": "KRW", "quantity": "q"})),
+            "conversion_events[0].purchase.quantity",
+            "amount_key, quantity_key, currency",
+        ),
+    ],
+)
+def test_unknown_fields_are_refused_naming_the_path_and_the_fields_expected_there(
+    raw: object, field: str, expected: str
+) -> None:
+    err = refused(raw)
+    assert err.field == field
+    assert err.reason == f"unknown field (expected one of: {expected})"
+    assert str(err) == f"{field}: unknown field (expected one of: {expected})"
+
+
+def test_an_unknown_channel_in_basis_is_refused() -> None:
+    assert refused(doc(event(basis={"fax": "send"}))).field == "conversion_events[0].basis.fax"
+
+
+# --- campaign_channels -----------------------------------------------------------------------------
+
+
+def test_campaign_channels_are_optional_and_validated() -> None:
+    assert parse_settings(doc()).campaign_channels == {}
+    s = parse_settings(doc(campaign_channels={"spring": "sms", "news": "email"}))
+    assert s.campaign_channels == {"spring": "sms", "news": "email"}
+    err = refused(doc(campaign_channels={"spring": "fax"}))
+    assert (err.field, err.reason) == (
+        "campaign_channels.spring",
+        "unknown channel 'fax' (expected one of: push, web_push, kakao, sms, in_app, email)",
+    )
+    assert refused(doc(campaign_channels={"": "push"})).field == "campaign_channels"
+    assert refused(doc(campaign_channels={"x" * 257: "push"})).field == "campaign_channels"
+    assert refused(doc(campaign_channels=["push"])).field == "campaign_channels"
+    assert refused(doc(campaign_channels={"spring": 1})).field.startswith("campaign_channels")
+
+
+def test_rate_channel_is_the_declared_one_else_the_first_seen_in_channel_order() -> None:
+    s = parse_settings(doc(campaign_channels={"declared": "sms"}))
+    assert s.rate_channel("declared", {Channel.PUSH, Channel.SMS}) is Channel.SMS
+    assert s.rate_channel("declared", set()) is Channel.SMS  # declared wins, even before a send
+    assert s.rate_channel("other", {Channel.EMAIL, Channel.KAKAO, Channel.IN_APP}) is Channel.KAKAO
+    assert s.rate_channel("other", {Channel.SMS, Channel.WEB_PUSH}) is Channel.WEB_PUSH
+    assert s.rate_channel("other", {Channel.EMAIL, Channel.IN_APP}) is Channel.IN_APP
+    assert s.rate_channel("other", set()) is None
+    # the order is Channel's declaration order, as documented in topics/README.md
+    assert [c.value for c in Channel] == ["push", "web_push", "kakao", "sms", "in_app", "email"]
 
 
 # --- primary basis -------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 -- KEYS[i]        campaign counter hash (Keys.campaign) of entry i; all in one hash slot
 -- ARGV[1]        now, wall ms
 -- ARGV[2]        campaign hash TTL, ms
--- then per entry i: partition, seq, as_of ms, channel ('' for none), expires (1: the TTL above,
---                   0: never, e.g. subscription counters), n_int, n_dec,
+-- then per entry i: partition, seq, as_of ms, expires (1: the TTL above, 0: never, e.g. subscription
+--                   counters), n_mark, n_int, n_dec,
+--                   n_mark field names set to 1 (the channel marks 'ch|<channel>': idempotent),
 --                   n_int pairs (field, integer delta), n_dec pairs (field, decimal string delta)
 --
 -- Returns, per entry, the campaign's version after the call (a number). A malformed decimal raises
@@ -14,7 +15,8 @@
 -- partition applied to this campaign; an entry whose seq is not above it changes nothing (a replay
 -- after a crash, or a recovery racing the writer). Versions never go back, even when the hash
 -- expired and starts again: max(v + 1, now * 1000). Money never goes through a Lua number (a
--- double): decimals are added as digit strings.
+-- double): decimals are added as digit strings. A hash written by an earlier version may hold
+-- 'channel' (its first channel only): left as it is, readers count it as one more channel seen.
 
 local function split(s)
   local neg = false
@@ -82,13 +84,17 @@ local a = 3
 local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local partition, seq, as_of, channel = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3]
-  local expires = ARGV[a + 4]
-  local n_int, n_dec = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  local partition, seq, as_of = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local expires = ARGV[a + 3]
+  local n_mark, n_int, n_dec = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
   a = a + 7
   local fence = 'f|' .. partition
   local done = tonumber(redis.call('HGET', key, fence) or '0')
   if seq > done then
+    for _ = 1, n_mark do
+      redis.call('HSET', key, ARGV[a], '1')
+      a = a + 1
+    end
     for _ = 1, n_int do
       redis.call('HINCRBY', key, ARGV[a], ARGV[a + 1])
       a = a + 2
@@ -102,12 +108,11 @@ for i = 1, #KEYS do
     if not old_as_of or tonumber(old_as_of) < tonumber(as_of) then
       redis.call('HSET', key, 'as_of', as_of)
     end
-    if channel ~= '' then redis.call('HSETNX', key, 'channel', channel) end
     local version = math.max(tonumber(redis.call('HGET', key, 'version') or '0') + 1, now * 1000)
     redis.call('HSET', key, 'version', string.format('%d', version), fence, string.format('%d', seq))
     if expires == '1' then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
   else
-    a = a + 2 * (n_int + n_dec)
+    a = a + n_mark + 2 * (n_int + n_dec)
   end
   out[i] = tonumber(redis.call('HGET', key, 'version') or '0')
 end
