@@ -227,7 +227,7 @@ class Routing:
 
     def reresolve(self, state: UserState, horizon_ms: int) -> None:
         """New links: move every anonymous item (not older than ``horizon_ms``) to its owner now."""
-        handled: set[str] = set()
+        handled: set[tuple[str, bool]] = set()  # (event id, is a touch): a web event can be both
         for i, lent in enumerate(state.lent):
             item = lent.touch or lent.goal
             if item is None or lent.owner == self.key or item.ts < horizon_ms:
@@ -238,7 +238,7 @@ class Routing:
             self.records.append(route_record(self.project_id, lent.owner, item, retracted=True))
             if owner == self.key:
                 self._add(state, item)
-                handled.add(item.event_id)
+                handled.add((item.event_id, isinstance(item, Touch)))
             else:
                 self.records.append(route_record(self.project_id, owner, item))
             state.lent[i] = _lent(owner, _with(lent.was, lent.owner), item)
@@ -247,7 +247,7 @@ class Routing:
             *(g for g in state.goals if g.device_id == self.key and g.ts >= horizon_ms),
         ]
         for item in mine:
-            if item.event_id in handled:
+            if (item.event_id, isinstance(item, Touch)) in handled:
                 continue
             user = resolve(state.links, item.ts, self.window_ms)
             if user is None or user == self.key:
@@ -258,7 +258,14 @@ class Routing:
                 items.remove_goal(state, item.event_id)
             self.removed.add(item.event_id)
             self.records.append(route_record(self.project_id, user, item))
-            at = next((i for i, lt in enumerate(state.lent) if lt.event_id == item.event_id), None)
+            at = next(
+                (
+                    i
+                    for i, lt in enumerate(state.lent)
+                    if lt.event_id == item.event_id and _same_kind(lt, item)
+                ),
+                None,
+            )
             if at is None:
                 state.lent.append(_lent(user, [self.key], item))
             else:

@@ -26,6 +26,7 @@ from attribution.infra.config import load_config
 from attribution.runtime.kafka_io import create_topics
 from attribution.runtime.settings_sync import publish
 
+DEMO_WEB_SHARE = 0.2  # a fifth of the demo's stories are KARTE web-push ones
 PREFERRED_API_PORT = 8080
 SERVE_READY_S = 30.0
 
@@ -148,7 +149,7 @@ def start_serve(stop: threading.Event) -> tuple[subprocess.Popen[bytes] | None, 
 
 def _traffic(config: Any, rate: int, stop: threading.Event) -> None:
     producer = Producer(config.kafka({"linger.ms": 20, "enable.idempotence": True}))
-    traffic = Traffic()
+    traffic = Traffic(web_share=DEMO_WEB_SHARE)
     tick_s = 0.1
     while not stop.is_set():
         now_ms = int(time.time() * 1000)
@@ -176,8 +177,9 @@ def _watch(
             }
         )
     )
-    consumer.subscribe([config.topic("tallies")])
+    consumer.subscribe([config.topic("tallies"), config.topic("subscriptions")])
     latest: dict[str, dict[str, Any]] = {}
+    subscriptions: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + duration_s if duration_s else None
     next_draw = 0.0
     try:
@@ -188,18 +190,26 @@ def _watch(
                 value = msg.value()
                 if msg.error() is None and value is not None:
                     snap = orjson.loads(value)
-                    key = f"{snap['project_id']}:{snap['campaign_id']}"
-                    if snap["version"] >= latest.get(key, {}).get("version", -1):
-                        latest[key] = snap
+                    if "campaign_id" in snap:
+                        key, into = f"{snap['project_id']}:{snap['campaign_id']}", latest
+                    else:  # a subscriptions record: the project's, or a day's
+                        key, into = f"{snap['project_id']}:{snap.get('day') or ''}", subscriptions
+                    if snap["version"] >= into.get(key, {}).get("version", -1):
+                        into[key] = snap
             if time.monotonic() >= next_draw:
-                print(render(latest, page), flush=True)
+                print(render(latest, page, subscriptions), flush=True)
                 next_draw = time.monotonic() + 1.0
     finally:
         consumer.close()
 
 
-def render(tallies: dict[str, dict[str, Any]], page: str | None = None) -> str:
-    """A plain-text table of the latest tallies (clears the screen when stdout is a terminal)."""
+def render(
+    tallies: dict[str, dict[str, Any]],
+    page: str | None = None,
+    subscriptions: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """A plain-text table of the latest tallies and a line of web-push subscriptions per project
+    (clears the screen when stdout is a terminal)."""
     title = "live tallies (Ctrl-C to stop)" + (f"; live campaign page: {page}" if page else "")
     lines = ["\x1b[2J\x1b[H" if sys.stdout.isatty() else "", title, ""]
     header = (
@@ -223,4 +233,13 @@ def render(tallies: dict[str, dict[str, Any]], page: str | None = None) -> str:
         )
     if not tallies:
         lines.append("(waiting for the first tallies: the worker joins its group in a few seconds)")
+    for key, now in sorted((subscriptions or {}).items()):
+        if now.get("day") is None:
+            today = (subscriptions or {}).get(f"{key}{now['today']}", {})
+            lines.append(
+                f"web push {now['project_id']}: subscribed now {now['subscribed_now']}, among visitors of "
+                f"the last {now['visitor_days']} days {now['subscribed_recent_visitors']}, "
+                f"subscribe sessions today ({now['today']}, {now['timezone']}) "
+                f"{today.get('subscribe_sessions', 0)}"
+            )
     return "\n".join(lines)
