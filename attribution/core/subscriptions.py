@@ -39,14 +39,14 @@ SESSIONS = "sessions"
 
 
 @functools.lru_cache(maxsize=4096)
-def _day(ts_day: int, zone: zoneinfo.ZoneInfo) -> str:
-    return dt.datetime.fromtimestamp(ts_day * 60, zone).date().isoformat()
+def _day(second: int, zone: zoneinfo.ZoneInfo) -> str:
+    return dt.datetime.fromtimestamp(second, zone).date().isoformat()
 
 
 def day_of(ts_ms: int, zone: zoneinfo.ZoneInfo) -> str:
-    """The local date of ``ts_ms`` in ``zone`` (ISO ``YYYY-MM-DD``). Every zone's offsets are whole
-    minutes, so the minute decides the day: cached per minute."""
-    return _day(ts_ms // 60_000, zone)
+    """The local date of ``ts_ms`` in ``zone`` (ISO ``YYYY-MM-DD``). Zone offsets are whole seconds
+    (Africa/Monrovia was -0:44:30 until 1972), so the second decides the day: cached per second."""
+    return _day(ts_ms // 1000, zone)
 
 
 def zone_of(settings: ProjectSettings | None) -> zoneinfo.ZoneInfo:

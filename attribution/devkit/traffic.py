@@ -1,5 +1,12 @@
 """Seeded, realistic demo traffic: campaigns on every channel, users with several devices, clicks,
-purchases with amount x quantity, the odd duplicate. Used by ``attribution demo`` and tests."""
+purchases with amount x quantity, the odd duplicate. Used by ``attribution demo`` and tests.
+
+With ``web_share`` > 0 (0 by default: benches keep their meaning), that share of the stories are
+KARTE web-push ones on the ``web_events`` topic: a permission-asking serve (message_open, clicks
+and the misspelt ``messaeg_clicked``, push_apps_subscribe / push_apps_unsubscribe,
+plugin_push_apps_identify), a delivery to subscribers (message_open, talk_message_send or
+talk_message_fail, talk_message_open, message_click, message_link_click), page views, and web
+events that are goals (purchase, signup)."""
 
 from __future__ import annotations
 
@@ -34,6 +41,11 @@ CAMPAIGNS: dict[str, str] = {
     "new-arrivals": "web_push",
     "otp-promo": "sms",
 }
+#: KARTE web-push serves: asking for the permission, and delivering to those who gave it
+WEB_ASK = "web-permission-ask"
+WEB_DELIVERY = "web-weekly-news"
+WEB_CAMPAIGNS = (WEB_ASK, WEB_DELIVERY)
+SESSION_MS = 30 * 60_000  # a visitor's session id changes every half hour
 
 Out = tuple[str, str, dict[str, Any]]  # (kind, key, value)
 
@@ -49,10 +61,16 @@ class Traffic:
     """``events(now_ms, n)`` yields about ``n`` input events whose event time is around ``now_ms``."""
 
     def __init__(
-        self, seed: int = 7, users: int = 2000, project: str = DEMO_PROJECT, late_goal_ratio: float = 0.0
+        self,
+        seed: int = 7,
+        users: int = 2000,
+        project: str = DEMO_PROJECT,
+        late_goal_ratio: float = 0.0,
+        web_share: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.late_goal_ratio = late_goal_ratio  # share of goals that come hours after the click
+        self.web_share = web_share  # share of stories that are KARTE web-push ones
         self.project = project
         self.users = [f"user-{i}" for i in range(users)]
         self.devices = {u: [f"{u}-dev{d}" for d in range(self.rng.randint(1, 3))] for u in self.users}
@@ -71,7 +89,11 @@ class Traffic:
             yield heapq.heappop(self.later).out
             emitted += 1
         while emitted < n:
-            emitted += yield from self._story(now_ms)
+            # no draw at all without web traffic: the FlareLane-only sequence stays what it was
+            if self.web_share and self.rng.random() < self.web_share:
+                emitted += yield from self._web_story(now_ms)
+            else:
+                emitted += yield from self._story(now_ms)
 
     def _story(self, now_ms: int) -> Generator[Out, None, int]:
         rng = self.rng
@@ -125,6 +147,87 @@ class Traffic:
             "properties": props,
         }
         self._defer(ts, ("goals", key, goal))
+
+    def _web_story(self, now_ms: int) -> Generator[Out, None, int]:
+        """A KARTE story of one visitor: a visit, often a serve and what follows it."""
+        rng = self.rng
+        user = rng.choice(self.users)
+        anonymous = user in self.anonymous  # never logs in: keyed by the visitor
+        visitor = f"{user}-web"
+        key = visitor if anonymous else user
+        session = f"{visitor}-s{now_ms // SESSION_MS}"
+
+        def event(name: str, ts: int, campaign: str | None = None, **values: Any) -> Out:
+            return (
+                "web_events",
+                key,
+                {
+                    "event_id": self._id("web"),
+                    "project_id": self.project,
+                    "event": name,
+                    "visitor_id": visitor,
+                    "user_id": None if anonymous else user,
+                    "session_id": session,
+                    "ts": ts,
+                    "campaign_id": campaign,
+                    "message_id": f"{campaign}-msg-{now_ms // 60_000}" if campaign else None,
+                    "values": values,
+                },
+            )
+
+        yield event(rng.choice(["page_view", "page_view", "view_item", "search"]), now_ms)
+        count = 1
+        kind = rng.random()
+        if kind < 0.4:  # the permission-asking serve
+            opened = event("message_open", now_ms + 100, WEB_ASK)
+            yield opened
+            count += 1
+            if rng.random() < 0.01:
+                yield opened  # an upstream duplicate: must change nothing
+                count += 1
+            ts = now_ms + rng.randint(500, 5000)
+            if rng.random() < 0.5:
+                self._defer(ts, event("message_click", ts, WEB_ASK))
+                self._defer(ts, event("messaeg_clicked", ts, WEB_ASK))
+            choice = rng.random()
+            if choice < 0.6:
+                ts += rng.randint(100, 3000)
+                self._defer(ts, event("push_apps_subscribe", ts))
+                if rng.random() < 0.1:  # changes their mind in the same session: still one session
+                    self._defer(ts + 1000, event("push_apps_unsubscribe", ts + 1000))
+                if rng.random() < 0.1:  # and once more: still one session
+                    self._defer(ts + 2000, event("push_apps_subscribe", ts + 2000))
+                self._defer(ts + 50, event("plugin_push_apps_identify", ts + 50, subscribed=True))
+            elif choice < 0.8:
+                ts += rng.randint(100, 3000)
+                self._defer(ts, event("push_apps_unsubscribe", ts))
+                self._defer(ts + 50, event("plugin_push_apps_identify", ts + 50, subscribed=False))
+        elif kind < 0.8:  # a delivery to a subscriber
+            yield event("message_open", now_ms + 100, WEB_DELIVERY)
+            count += 1
+            if rng.random() < 0.05:
+                yield event("talk_message_fail", now_ms + 200, WEB_DELIVERY)
+                yield event("plugin_push_apps_identify", now_ms + 300, subscribed=False)
+                return count + 2
+            yield event("talk_message_send", now_ms + 200, WEB_DELIVERY)
+            count += 1
+            ts = now_ms + rng.randint(1000, 20_000)
+            if rng.random() < 0.7:
+                self._defer(ts, event("talk_message_open", ts, WEB_DELIVERY))
+                if rng.random() < 0.4:
+                    ts += rng.randint(500, 5000)
+                    self._defer(ts, event("message_click", ts, WEB_DELIVERY))
+                    self._defer(ts + 10, event("message_link_click", ts + 10, WEB_DELIVERY))
+        if rng.random() < 0.3:  # a goal from the web (the project's purchase or signup)
+            ts = now_ms + rng.randint(2000, 30_000)
+            if rng.random() < self.late_goal_ratio:
+                ts = now_ms + rng.randint(60_000, 2 * 3600 * 1000)
+            if rng.random() < 0.7:
+                price = rng.choice([9900, 19900, "12000.50"])
+                self._defer(ts, event("purchase", ts, price=price, quantity=rng.randint(1, 3)))
+            else:
+                self._defer(ts, event("signup", ts))
+        return count
 
     def _defer(self, due_ms: int, out: Out) -> None:
         self.seq += 1

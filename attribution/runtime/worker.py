@@ -11,7 +11,6 @@ its state generation (``attribution.state.generation``) and stops with LostState
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from attribution.runtime import kafka_io
 from attribution.runtime.align import Aligner
 from attribution.runtime.outputs import Outputs
 from attribution.runtime.settings_sync import SettingsFeed
-from attribution.runtime.telemetry import export_lag, record_batch
+from attribution.runtime.telemetry import export_lag, record_batch, tune_gc
 from attribution.state import generation
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0
 # after the n-th Redis error in a row: a wait drawn between 0 and min(30, 0.5 * 2**n) s (full jitter)
 REDIS_BACKOFF = ExponentialWithJitterBackoff(cap=30.0, base=0.5)
-GC_YOUNG_THRESHOLD = 50_000  # CPython's default is 700 allocations
 
 
 class Worker:
@@ -93,6 +91,7 @@ class Worker:
         self.aligner = Aligner(config.max_idle_ms, config.max_buffered, config.grace_ms)
         self.paused: set[tuple[str, int]] = set()
         self.committed: dict[tuple[str, int], int] = {}
+        self.identity_pending = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -146,7 +145,7 @@ class Worker:
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        _tune_gc()
+        tune_gc()
         self.started = True
         next_tally = time.monotonic()
         next_lag = time.monotonic() + LAG_EVERY_S
@@ -268,6 +267,8 @@ class Worker:
         released = self.aligner.release(time.monotonic() * 1000)
         if released:
             self.processor.apply(released, result)
+            # records for the identity topic: the inputs are not at their end before they are read
+            self.identity_pending = bool(result.identity)
         processed = time.perf_counter()
         offsets = {tp: o for tp, o in self.aligner.commit_offsets().items() if self.committed.get(tp) != o}
         if not offsets and not result.dead_letters:
@@ -306,7 +307,7 @@ class Worker:
 
     def _at_end(self) -> bool:
         owned = len(self.assigned) == len(self.kinds) * self.input_partitions
-        return owned and self.aligner.drained()
+        return owned and not self.identity_pending and self.aligner.drained()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
@@ -392,12 +393,3 @@ class Worker:
 
 def _unavailable(exc: redis.RedisError) -> Unavailable:
     return Unavailable(f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})")
-
-
-def _tune_gc() -> None:
-    """The hot path allocates and frees millions of acyclic objects per minute; the cyclic collector
-    only needs to look at what survives. Move everything loaded at start (modules, settings, clients)
-    out of its sight, and collect the young generation less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)

@@ -12,11 +12,10 @@ import uuid
 import pytest
 
 from tests.support.kafka import Engine, engine_config
-from tests.support.outcome import assert_exact, settled
-from tests.support.soak import GRACE_MS, SOAK_SETTINGS, Chaos, produce_over, scenario
+from tests.support.outcome import assert_exact, assert_subscriptions_exact, settled
+from tests.support.soak import GRACE_MS, SOAK_SETTINGS, Chaos, produce_over, scenario, soak_start
 
 pytestmark = pytest.mark.integration
-HOUR_MS = 3600 * 1000
 
 EVENTS = int(os.environ.get("SOAK_EVENTS", "50000"))
 KILLS = int(os.environ.get("SOAK_KILLS", "3"))
@@ -34,9 +33,10 @@ def test_soak_with_kills_and_rebalances_equals_the_reference(
         )
     )
     engine.put_settings(SOAK_SETTINGS)
-    start = int(time.time() * 1000) - 3 * HOUR_MS
+    start = soak_start(EVENTS)
     events, ordered = scenario(EVENTS, seed, start, users=max(500, EVENTS // 20))
     tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    subs = engine.reader("subscriptions")
     chaos = Chaos(engine, seed, every_s=max(1.5, SECONDS / (KILLS + 1)))
     began = time.monotonic()
     chaos.start()
@@ -45,14 +45,17 @@ def test_soak_with_kills_and_rebalances_equals_the_reference(
         chaos.wait_for_kills(KILLS, timeout_s=300)
         chaos.calm()
         settled(engine, url, tallies, convs, timeout_s=900)
+        subs.read_to_end(timeout_s=120)
     finally:
         chaos.stop()
         engine.close()
     repeats = assert_exact(events, SOAK_SETTINGS, tallies, convs)
+    subscribers, sessions = assert_subscriptions_exact(events, SOAK_SETTINGS, subs)
     report = chaos.report
     assert all(code == 0 for code in report.exit_codes), report.exit_codes  # no worker died on its own
     print(  # noqa: T201 - the soak report
         f"\nsoak on {name}: events {len(ordered)} ({len(events)} distinct), kills {report.kills},"
         f" workers started {report.started}, rebalances {report.rebalances},"
-        f" duplicates emitted {repeats}, {time.monotonic() - began:.0f} s, tallies == reference: yes"
+        f" duplicates emitted {repeats}, subscribed now {subscribers}, subscribe sessions {sessions},"
+        f" {time.monotonic() - began:.0f} s, tallies and subscriptions == reference: yes"
     )

@@ -161,6 +161,7 @@ class TopicReader:
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
         self.records: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []  # the Kafka key of each of ``records``
         self.closed = False
 
     def poll(self, timeout_s: float = 0.2) -> list[dict[str, Any]]:
@@ -169,6 +170,8 @@ class TopicReader:
             value = msg.value()
             if msg.error() is None and value is not None:
                 fresh.append(orjson.loads(value))
+                key = msg.key()
+                self.keys.append(None if key is None else key.decode("utf-8", "replace"))
         self.records += fresh
         return fresh
 
@@ -202,6 +205,21 @@ class TopicReader:
             key = (t["project_id"], t["campaign_id"])
             if t["version"] >= latest.get(key, {"version": -1})["version"]:
                 latest[key] = t
+        return latest
+
+    def last_by_key(self) -> dict[str | None, dict[str, Any]]:
+        """The last record read of each Kafka key: what a compacted topic keeps (one key, one
+        partition, read in offset order)."""
+        return dict(zip(self.keys, self.records, strict=True))
+
+    def latest_subscriptions(self) -> dict[str, dict[str, Any]]:
+        """The subscriptions topic's newest record (highest version) per Kafka key: ``project`` for
+        the now-record, ``project:day`` for a day's."""
+        latest: dict[str, dict[str, Any]] = {}
+        for key, r in zip(self.keys, self.records, strict=True):
+            assert key is not None, r
+            if r["version"] >= latest.get(key, {"version": -1})["version"]:
+                latest[key] = r
         return latest
 
     def latest_by_id(self) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attribution.core.model import Channel, Click, Goal, Send
+from attribution.core.model import Channel, Click, Goal, Send, WebEvent
 from attribution.core.rules import ProjectSettings, parse_settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -77,4 +77,30 @@ def click(
 def goal(eid: str, name: str, device: str, ts: int, user: str | None = None, **props: Any) -> Goal:
     return Goal(
         event_id=eid, project_id=PROJECT, name=name, device_id=device, user_id=user, ts=ts, properties=props
+    )
+
+
+def web(
+    eid: str,
+    event: str,
+    visitor: str,
+    ts: int,
+    user: str | None = None,
+    session: str = "s1",
+    campaign: str | None = None,
+    message: str | None = None,
+    **values: Any,
+) -> WebEvent:
+    """A KARTE web event of ``visitor`` (keyed by ``user`` when given) in ``session``."""
+    return WebEvent(
+        event_id=eid,
+        project_id=PROJECT,
+        event=event,
+        visitor_id=visitor,
+        user_id=user,
+        session_id=session,
+        ts=ts,
+        campaign_id=campaign,
+        message_id=message,
+        values=values,
     )

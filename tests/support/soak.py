@@ -14,17 +14,25 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 
-from attribution.core.model import Click, Event, Goal, Send
+from attribution.core.model import Click, Event, Goal, Send, WebEvent
 from attribution.core.rules import ProjectSettings, parse_settings
-from attribution.devkit.traffic import DEMO_PROJECT, Traffic
+from attribution.devkit.traffic import DEMO_PROJECT, WEB_ASK, Traffic
 from tests.support.kafka import Engine
 
-TYPES: dict[str, type[Send] | type[Click] | type[Goal]] = {"sends": Send, "clicks": Click, "goals": Goal}
+TYPES: dict[str, type[Send] | type[Click] | type[Goal] | type[WebEvent]] = {
+    "sends": Send,
+    "clicks": Click,
+    "goals": Goal,
+    "web_events": WebEvent,
+}
 GRACE_MS = 60_000
+WEB_SHARE = 0.3  # share of the stories that are KARTE web-push ones
+EVENTS_PER_S = 50  # of event time, in ``scenario``
 
 SOAK_SETTINGS: ProjectSettings = parse_settings(
     {
@@ -40,8 +48,25 @@ SOAK_SETTINGS: ProjectSettings = parse_settings(
             {"name": "signup", "window_ms": 10 * 60_000},
             {"name": "push_apps_subscribe", "window_ms": 5 * 60_000, "basis": {"web_push": "send"}},
         ],
+        # KARTE: the permission-asking serve's own goal (replaces the project's push_apps_subscribe
+        # there: 30 min, both bases); visitors of today only; days cut in Tokyo
+        "campaign_goals": [
+            {"campaign_id": WEB_ASK, "event": "push_apps_subscribe", "window_ms": 30 * 60_000}
+        ],
+        "visitor_days": 1,
+        "timezone": "Asia/Tokyo",
     }
 )
+
+
+def soak_start(n_events: int) -> int:
+    """An event-time start putting midnight in Tokyo (15:00 UTC) in the middle of ``n_events`` of
+    ``scenario``, at least a day ago: the day cut and visitor_days matter."""
+    now = datetime.now(UTC) - timedelta(days=1)
+    midnight = now.replace(hour=15, minute=0, second=0, microsecond=0)
+    if midnight > now:
+        midnight -= timedelta(days=1)
+    return int(midnight.timestamp() * 1000) - n_events // EVENTS_PER_S * 1000 // 2
 
 
 def scenario(n_events: int, seed: int, start_ms: int, users: int) -> tuple[list[Event], list[Event]]:
@@ -49,11 +74,11 @@ def scenario(n_events: int, seed: int, start_ms: int, users: int) -> tuple[list[
     moved before their touch in event time (3%), and a shuffle within half the grace, so goals often
     arrive before the sends and clicks they convert."""
     rng = random.Random(seed)
-    traffic = Traffic(seed=seed, users=users, late_goal_ratio=0.2)
+    traffic = Traffic(seed=seed, users=users, late_goal_ratio=0.2, web_share=WEB_SHARE)
     events: list[Event] = []
     now = start_ms
     while len(events) < n_events:
-        for k, _, v in traffic.events(now, 50):
+        for k, _, v in traffic.events(now, EVENTS_PER_S):
             event = msgspec.convert(v, TYPES[k])
             if isinstance(event, Goal) and rng.random() < 0.03:
                 event = msgspec.structs.replace(event, ts=event.ts - 10_000)
