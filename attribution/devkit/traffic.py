@@ -67,6 +67,7 @@ class Traffic:
         project: str = DEMO_PROJECT,
         late_goal_ratio: float = 0.0,
         web_share: float = 0.0,
+        login_share: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.late_goal_ratio = late_goal_ratio  # share of goals that come hours after the click
@@ -76,8 +77,32 @@ class Traffic:
         self.devices = {u: [f"{u}-dev{d}" for d in range(self.rng.randint(1, 3))] for u in self.users}
         # about one user in ten never logs in: their events carry no user_id, keyed by device
         self.anonymous = {u for u in self.users if self.rng.random() < 0.1}
-        self.seq = 0
+        # identities (own generator: the sequence above stays what it was): that share of the users
+        # browse anonymously until a login a few minutes after their first story, and one in five of
+        # them also uses a device of another such user (a shared device)
+        self.login_at: dict[str, int] = {}
         self.later: list[_Later] = []
+        self.browsing: set[str] = set()
+        if login_share:
+            ids = random.Random(seed + 1)
+            self.browsing = {u for u in self.users if u not in self.anonymous and ids.random() < login_share}
+            pool = sorted(self.browsing)
+            for u in pool:
+                if ids.random() < 0.2:
+                    other = ids.choice(pool)
+                    if other != u:
+                        self.devices[u].append(self.devices[other][0])
+            self.login_delay_ms = {u: ids.randint(0, 5 * 60_000) for u in pool}
+        self.seq = 0
+
+    def _anonymous(self, user: str, now_ms: int) -> bool:
+        """Whether ``user``'s events at ``now_ms`` carry no user id (never logged in, or not yet)."""
+        if user in self.anonymous:
+            return True
+        if user not in self.browsing:
+            return False
+        login = self.login_at.setdefault(user, now_ms + self.login_delay_ms[user])
+        return now_ms < login
 
     def _id(self, prefix: str) -> str:
         self.seq += 1
@@ -99,7 +124,7 @@ class Traffic:
         rng = self.rng
         campaign, channel = rng.choice(list(CAMPAIGNS.items()))
         user = rng.choice(self.users)
-        anonymous = user in self.anonymous
+        anonymous = self._anonymous(user, now_ms)
         message = f"{campaign}-msg-{now_ms // 60_000}"
         count = 0
         for device in self.devices[user]:
@@ -152,7 +177,7 @@ class Traffic:
         """A KARTE story of one visitor: a visit, often a serve and what follows it."""
         rng = self.rng
         user = rng.choice(self.users)
-        anonymous = user in self.anonymous  # never logs in: keyed by the visitor
+        anonymous = self._anonymous(user, now_ms)  # keyed by the visitor until it logs in
         visitor = f"{user}-web"
         key = visitor if anonymous else user
         session = f"{visitor}-s{now_ms // SESSION_MS}"

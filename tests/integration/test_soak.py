@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from attribution.core.model import Event, Identity
+from tests.support.identity_ref import device_key
 from tests.support.kafka import Engine, engine_config
 from tests.support.outcome import assert_exact, assert_subscriptions_exact, settled
 from tests.support.soak import GRACE_MS, SOAK_SETTINGS, Chaos, produce_over, scenario, soak_start
@@ -50,12 +52,25 @@ def test_soak_with_kills_and_rebalances_equals_the_reference(
         chaos.stop()
         engine.close()
     repeats = assert_exact(events, SOAK_SETTINGS, tallies, convs)
+    retracted = sum(1 for c in convs.records if c.get("retracted"))
+    anonymous_then_linked = _linked_anonymous(events)
+    assert anonymous_then_linked > EVENTS // 100, anonymous_then_linked  # identities really in the mix
     subscribers, sessions = assert_subscriptions_exact(events, SOAK_SETTINGS, subs)
     report = chaos.report
     assert all(code == 0 for code in report.exit_codes), report.exit_codes  # no worker died on its own
     print(  # noqa: T201 - the soak report
         f"\nsoak on {name}: events {len(ordered)} ({len(events)} distinct), kills {report.kills},"
         f" workers started {report.started}, rebalances {report.rebalances},"
-        f" duplicates emitted {repeats}, subscribed now {subscribers}, subscribe sessions {sessions},"
+        f" repeated conversion records {repeats} ({retracted} retractions),"
+        f" anonymous events of linked devices {anonymous_then_linked},"
+        f" subscribed now {subscribers}, subscribe sessions {sessions},"
         f" {time.monotonic() - began:.0f} s, tallies and subscriptions == reference: yes"
+    )
+
+
+def _linked_anonymous(events: list[Event]) -> int:
+    """Anonymous events whose device (or visitor) some event links to a user."""
+    linked = {device_key(e) for e in events if not isinstance(e, Identity) and e.user_id is not None}
+    return sum(
+        1 for e in events if not isinstance(e, Identity) and e.user_id is None and device_key(e) in linked
     )

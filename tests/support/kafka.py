@@ -223,7 +223,9 @@ class TopicReader:
         return latest
 
     def latest_by_id(self) -> dict[str, dict[str, Any]]:
-        return {c["conversion_id"]: c for c in self.records}
+        """The latest record per conversion id, without the ids whose latest record retracts them."""
+        latest = {c["conversion_id"]: c for c in self.records}
+        return {cid: c for cid, c in latest.items() if not c.get("retracted")}
 
     def close(self) -> None:
         if not self.closed:

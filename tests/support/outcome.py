@@ -12,6 +12,7 @@ from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
 from attribution.state.keys import Keys
 from attribution.state.router import close, connect
+from tests.support.identity_ref import resolved
 from tests.support.kafka import Engine, TopicReader
 from tests.support.reference import (
     normalise_conversion,
@@ -78,7 +79,9 @@ def settled(
 def assert_exact(
     events: list[Event], settings: ProjectSettings, tallies: TopicReader, convs: TopicReader
 ) -> int:
-    want_tallies, want_convs = reference(events, {settings.project_id: settings})
+    # identities are on in every engine of the tests: the reference runs on the resolved events
+    project = {settings.project_id: settings}
+    want_tallies, want_convs = reference(resolved(events, project), project)
     got = tallies.latest_tallies()
     assert set(got) == set(want_tallies)
     for key, want in want_tallies.items():

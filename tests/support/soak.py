@@ -31,6 +31,7 @@ TYPES: dict[str, type[Send] | type[Click] | type[Goal] | type[WebEvent]] = {
     "web_events": WebEvent,
 }
 GRACE_MS = 60_000
+LOGIN_SHARE = 0.3  # users who browse anonymously before they log in (identity links, shared devices)
 WEB_SHARE = 0.3  # share of the stories that are KARTE web-push ones
 EVENTS_PER_S = 50  # of event time, in ``scenario``
 
@@ -74,7 +75,9 @@ def scenario(n_events: int, seed: int, start_ms: int, users: int) -> tuple[list[
     moved before their touch in event time (3%), and a shuffle within half the grace, so goals often
     arrive before the sends and clicks they convert."""
     rng = random.Random(seed)
-    traffic = Traffic(seed=seed, users=users, late_goal_ratio=0.2, web_share=WEB_SHARE)
+    traffic = Traffic(
+        seed=seed, users=users, late_goal_ratio=0.2, web_share=WEB_SHARE, login_share=LOGIN_SHARE
+    )
     events: list[Event] = []
     now = start_ms
     while len(events) < n_events:
