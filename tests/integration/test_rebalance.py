@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer
 
+from attribution.contract.topics import INPUTS
 from tests.support.kafka import Engine, engine_config
 from tests.support.scenarios import PROJECT, send, settings
 
@@ -63,7 +64,11 @@ def test_a_partition_paused_before_a_rebalance_is_consumed_after_it(
             return registry.get_sample_value("attribution_rebalances_total", {"kind": "assign"}) or 0.0
 
         # assigned at start, when the other member joined, and again when it left
-        wait_for(lambda: assignments() >= 3 and len(worker.assigned) == 3, 30, "the worker to own all again")
+        wait_for(
+            lambda: assignments() >= 3 and len(worker.assigned) == len(INPUTS),
+            30,
+            "the worker to own all again",
+        )
         held[0] = False
         key = worker.keys.campaign(PROJECT, "camp")
         wait_for(lambda: worker.store.counters([key])[0].get("sends") == "300", 30, "all 300 sends counted")
