@@ -18,7 +18,7 @@ from attribution.core.model import Channel, Identity
 from attribution.core.outputs import Conversion, conversion_id
 from attribution.core.rules import ConversionEvent, ProjectSettings
 from attribution.core.tally import CampaignDelta, conversions_field
-from attribution.core.user_state import CONVERTS, KINDS, Credit, GoalMark, Touch, UserState
+from attribution.core.user_state import CONVERTS, KINDS, Credit, GoalMark, Touch, UserState, Withdrawn
 
 
 @dataclass(slots=True)
@@ -87,6 +87,8 @@ def recredit(
                 continue
             if index is None:
                 state.credits.append(best)
+                if state.withdrawn:  # credited again: no longer a retraction to repeat
+                    state.withdrawn = [w for w in state.withdrawn if _key(w.credit) != _key(best)]
             else:
                 state.credits[index] = best
             _count_credit(project_id, best, old, out)
@@ -177,6 +179,7 @@ def recompute_removed(
     settings: ProjectSettings | None,
     out: Outcome,
     removed: set[str],
+    clock_ms: int,
 ) -> None:
     """Touches or goals left the state (they belong to another user now): every credit that named
     one is computed again from what is left, or retracted when nothing qualifies any more."""
@@ -205,9 +208,15 @@ def recompute_removed(
             delta.add(conversions_field(old.event, old.basis), -1)
             gone = conversion(project_id, user_key, old, settings)
             out.conversions.append(msgspec.structs.replace(gone, retracted=True))
+            state.withdrawn = [w for w in state.withdrawn if _key(w.credit) != _key(old)]
+            state.withdrawn.append(Withdrawn(old, clock_ms))
             continue
         kept.append(best)
         if best.amount is not None and best.currency is not None:
             delta.add_revenue(best.event, best.basis, best.currency, Decimal(best.amount))
         out.conversions.append(conversion(project_id, user_key, best, settings))
     state.credits = kept
+
+
+def _key(c: Credit) -> tuple[str, str, str]:
+    return (c.campaign, c.event, c.basis)

@@ -242,10 +242,12 @@ class Routing:
             else:
                 self.records.append(route_record(self.project_id, owner, item))
             state.lent[i] = _lent(owner, _with(lent.was, lent.owner), item)
+        pinned = set(state.pinned)  # events with a user id (the device's own): never moved
         mine: list[Touch | GoalMark] = [
             *(t for t in state.touches if t.device_id == self.key and t.ts >= horizon_ms),
             *(g for g in state.goals if g.device_id == self.key and g.ts >= horizon_ms),
         ]
+        mine = [item for item in mine if item.event_id not in pinned]
         for item in mine:
             if (item.event_id, isinstance(item, Touch)) in handled:
                 continue

@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+import msgspec
+
 from attribution.core import identity, items, web
 from attribution.core import subscriptions as subs_rules
 from attribution.core.credit import Outcome, conversion, recompute_removed, recredit
@@ -122,11 +124,16 @@ def apply(
             result = _take(state, touch, anonymous, deltas, project_id)
         if routing is not None:
             routing.link(state, ev)
+            # an event whose user id is its own device id: the device's own, never moved by a link
+            if ev.user_id == identity.device_of(ev) and ev.event_id not in state.pinned:
+                state.pinned.append(ev.event_id)
         out.count(pos.topic, result)
     window = settings.max_window_ms if settings is not None else 0
     if routing is not None:
         if relinked:
-            routing.reresolve(state, clock_ms - grace_ms - (identity_window_ms or 0))
+            # every item still kept: a link late for this partition's clock (a slow hop in a
+            # catch-up) still moves what it can
+            routing.reresolve(state, 0)
         if out.replayed:
             routing.replay(state)
             routing.reshare(state)
@@ -137,7 +144,7 @@ def apply(
         _touch_all(state, project_id, deltas)
     removed = routing.removed if routing is not None else set()
     if removed:
-        recompute_removed(state, project_id, user_key, settings, out, removed)
+        recompute_removed(state, project_id, user_key, settings, out, removed, end_clock_ms)
     if out.changed and settings is not None:
         recredit(state, project_id, user_key, settings, out, touches_before, goals_before, bool(removed))
     if out.replayed:
@@ -147,6 +154,11 @@ def apply(
             conv = conversion(project_id, user_key, credit, settings)
             if conv.conversion_id not in emitted:
                 out.conversions.append(conv)
+                emitted.add(conv.conversion_id)
+        for gone in state.withdrawn:  # and the retractions it made
+            conv = conversion(project_id, user_key, gone.credit, settings)
+            if conv.conversion_id not in emitted:
+                out.conversions.append(msgspec.structs.replace(conv, retracted=True))
     if out.changed:
         _evict(state, window, identity_window_ms or 0, end_clock_ms, grace_ms)
     return out
@@ -250,8 +262,13 @@ def _evict(state: UserState, window: int, identity_ms: int, clock_ms: int, grace
             state.goals = [g for g in state.goals if g.ts >= goal_horizon]
         if state.goals:
             expires = max(expires, max(g.ts for g in state.goals) + identity_ms + grace_ms)
+    if state.pinned:
+        kept = {t.event_id for t in state.touches} | {g.event_id for g in state.goals}
+        state.pinned = [e for e in state.pinned if e in kept]
+    if state.withdrawn:
+        state.withdrawn = [w for w in state.withdrawn if w.at >= touch_horizon]
     if state.lent:
-        identity.evict_lent(state, goal_horizon)
+        identity.evict_lent(state, touch_horizon)
         if state.lent:
             expires = max(expires, max(lt.ts for lt in state.lent) + identity_ms + grace_ms)
     if state.links or state.links_out:

@@ -104,6 +104,13 @@ class Lent(msgspec.Struct, array_like=True, frozen=True, gc=False):
         return item.event_id if item is not None else ""
 
 
+class Withdrawn(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A conversion retracted at event time ``at``: its credit as it was."""
+
+    credit: Credit
+    at: int
+
+
 #: permission values of UserState.perm
 PERM_NONE, PERM_ON, PERM_OFF = 0, 1, 2
 
@@ -135,6 +142,10 @@ class UserState(msgspec.Struct, array_like=True, gc=False):
     # as a user: the link times of each device it was seen on, and the devices shared with others
     links_out: dict[str, list[int]] = msgspec.field(default_factory=dict)
     shared: list[str] = msgspec.field(default_factory=list)
+    # as a device: touches and goals of events whose user id is the device itself (never moved)
+    pinned: list[str] = msgspec.field(default_factory=list)
+    # conversions retracted by a batch, said again if the batch is re-delivered: (credit, clock)
+    withdrawn: list[Withdrawn] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +143,19 @@ class Run:
 
         fields = self.store.counters([self.keys.subscription_day(project, day)])[0]
         return day_snapshot(project, day, fields)
+
+
+class Crashing(Run):
+    """A run whose worker is killed after the state write of the batches numbered in ``crash_at``
+    (counting input and identity batches from 0): the batch is applied to the store, its outputs
+    (conversions, identity records) are lost before reaching Kafka, and the same records are
+    delivered again."""
+
+    crash_at: Container[int] = ()
+    fed: int = 0
+
+    def _feed(self, records: Sequence[Record]) -> None:
+        if self.fed in self.crash_at:
+            self.processor.process(records, now_ms=0)  # state written; killed before the flush
+        self.fed += 1
+        super()._feed(records)
