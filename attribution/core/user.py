@@ -272,7 +272,7 @@ def _evict(state: UserState, window: int, identity_ms: int, clock_ms: int, grace
         if state.lent:
             expires = max(expires, max(lt.ts for lt in state.lent) + identity_ms + grace_ms)
     if state.links or state.links_out:
-        identity.evict_links(state, goal_horizon)
+        identity.evict_links(state, touch_horizon)  # as long as the events a link can move
         if state.links:  # as a device: its last link decides its later anonymous events
             expires = max(expires, state.links[-1].ts + identity.LINK_HOLD_MS)
         for device in state.shared:  # as a user of a shared device: keep sending it every link
