@@ -72,11 +72,26 @@ class Engine:
     def __post_init__(self) -> None:
         self.readers: list[TopicReader] = []
         self.logs: list[str] = []
+        # (topic, partition) -> one past the highest offset the broker acknowledged for our records:
+        # the end of what we produced, which the embedded broker's ListOffsets can under-report
+        self.produced_ends: dict[tuple[str, int], int] = {}
         create_topics(self.config)
         # log_level 2: critical only; an engine left open after its broker stopped stays quiet
         self.producer = Producer(
-            self.config.kafka({"enable.idempotence": True, "linger.ms": 5, "log_level": 2})
+            self.config.kafka(
+                {
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "log_level": 2,
+                    "on_delivery": self._delivered,
+                }
+            )
         )
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is None:
+            tp = (msg.topic(), msg.partition())
+            self.produced_ends[tp] = max(self.produced_ends.get(tp, 0), (msg.offset() or 0) + 1)
 
     def put_settings(self, *settings: ProjectSettings) -> None:
         publish(self.config, settings)
@@ -183,6 +198,12 @@ class TopicReader:
             for tp in assignment
         }
         deadline = time.monotonic() + timeout_s
+        self.poll()
+        # the embedded broker's ListOffsets can answer the base offset of the last batch + 1; the high
+        # watermark of a fetch response (cached by the client) is the real end
+        for tp in assignment:
+            k = (tp.topic, tp.partition)
+            ends[k] = max(ends[k], self.consumer.get_watermark_offsets(tp, cached=True)[1])
         while True:
             positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assignment)}
             if all(end == 0 or positions[k] >= end for k, end in ends.items()):

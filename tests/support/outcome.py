@@ -38,7 +38,13 @@ def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
-            ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+            ends = {
+                (tp.topic, tp.partition): max(
+                    probe.get_watermark_offsets(tp, timeout=10)[1],
+                    engine.produced_ends.get((tp.topic, tp.partition), -1),
+                )
+                for tp in tps
+            }
             # an end the broker could not tell (negative, e.g. OFFSET_INVALID) is not "consumed"; an
             # empty partition (end 0) has nothing to consume, so no committed offset either
             behind = [
