@@ -18,6 +18,8 @@ of D, starting with all they kept (the last one before the retention horizon, an
 
 from __future__ import annotations
 
+import hashlib
+
 from attribution.core import items
 from attribution.core.model import Click, Event, Goal, Identity, Send, WebEvent
 from attribution.core.user_state import IS_SEND, KIND_OF, KINDS, GoalMark, Lent, Linked, Touch, UserState
@@ -43,9 +45,14 @@ def link_of(ev: Send | Click | Goal | WebEvent) -> tuple[str, str] | None:
     return device, ev.user_id
 
 
+def _short(text: str) -> str:
+    """A fixed-length stand-in for an id inside another id (which must stay within 256 characters)."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def link_record(project_id: str, device: str, user: str, ts: int) -> Identity:
     return Identity(
-        kind="link", project_id=project_id, to=device, ts=ts, event_id=f"{user}@{ts}", user_id=user
+        kind="link", project_id=project_id, to=device, ts=ts, event_id=f"{_short(user)}@{ts}", user_id=user
     )
 
 
@@ -137,6 +144,7 @@ class Routing:
         self.delta_of = delta_of
         self.records = records
         self.removed: set[str] = set()
+        self.at = ""  # the position of the record being applied (what a lent item records)
 
     def link(self, state: UserState, ev: Send | Click | Goal | WebEvent, replayed: bool = False) -> None:
         """``ev`` of this user was seen on a device: send the link if the device's worker needs it
@@ -152,14 +160,21 @@ class Routing:
             return
         if times is None:
             state.links_out[device] = [ev.ts]
-            self.records.append(link_record(self.project_id, device, user, ev.ts))
+            self._send_link(state, device, user, ev.ts)
             return
         if ev.ts in times:
             return
         times.append(ev.ts)
         times.sort()
-        if device in state.shared or ev.ts == times[0]:
-            self.records.append(link_record(self.project_id, device, user, ev.ts))
+        # an exclusive device's answers need only the earliest link; a link long after the last one
+        # sent keeps the device's state (and so its links) alive while the user still uses it
+        refresh = ev.ts - state.links_sent.get(device, ev.ts) > LINK_HOLD_MS // 2
+        if device in state.shared or ev.ts == times[0] or refresh:
+            self._send_link(state, device, user, ev.ts)
+
+    def _send_link(self, state: UserState, device: str, user: str, ts: int) -> None:
+        state.links_sent[device] = max(state.links_sent.get(device, ts), ts)
+        self.records.append(link_record(self.project_id, device, user, ts))
 
     def share(self, state: UserState, rec: Identity, replayed: bool = False) -> str:
         """Device ``rec.device_id`` is linked to other users too: send every link kept for it."""
@@ -196,7 +211,7 @@ class Routing:
             project_id=self.project_id,
             to=user,
             ts=ts,
-            event_id=f"share:{self.key}",
+            event_id=f"share:{_short(self.key)}",
             device_id=self.key,
         )
 
@@ -207,7 +222,7 @@ class Routing:
             return self._add(state, item)
         if any(lt.event_id == item.event_id and _same_kind(lt, item) for lt in state.lent):
             return "duplicate"
-        state.lent.append(_lent(owner, [], item))
+        state.lent.append(_lent(owner, [], item, self.at))
         self.records.append(route_record(self.project_id, owner, item))
         return "routed"
 
@@ -241,7 +256,7 @@ class Routing:
                 handled.add((item.event_id, isinstance(item, Touch)))
             else:
                 self.records.append(route_record(self.project_id, owner, item))
-            state.lent[i] = _lent(owner, _with(lent.was, lent.owner), item)
+            state.lent[i] = _lent(owner, _with(lent.was, lent.owner), item, self.at)
         pinned = set(state.pinned)  # events with a user id (the device's own): never moved
         mine: list[Touch | GoalMark] = [
             *(t for t in state.touches if t.device_id == self.key and t.ts >= horizon_ms),
@@ -269,16 +284,17 @@ class Routing:
                 None,
             )
             if at is None:
-                state.lent.append(_lent(user, [self.key], item))
+                state.lent.append(_lent(user, [self.key], item, self.at))
             else:
-                state.lent[at] = _lent(user, _with(state.lent[at].was, self.key), item)
+                state.lent[at] = _lent(user, _with(state.lent[at].was, self.key), item, self.at)
 
-    def replay(self, state: UserState) -> None:
-        """A re-delivered batch: say again where every lent item is (the first time may not have
-        reached Kafka); adding twice or removing what is absent changes nothing at the owner."""
+    def replay(self, state: UserState, replayed: set[str]) -> None:
+        """A re-delivered batch: say again where the lent items its records moved are (the first
+        time may not have reached Kafka); adding twice or removing what is absent changes nothing at
+        the owner. Only those: an owner may have evicted an older one, and would count it again."""
         for lent in state.lent:
             item = lent.touch or lent.goal
-            if item is None:
+            if item is None or lent.at not in replayed:
                 continue
             if lent.owner != self.key:
                 self.records.append(route_record(self.project_id, lent.owner, item))
@@ -297,10 +313,10 @@ def evict_lent(state: UserState, horizon_ms: int) -> None:
         state.lent = [lt for lt in state.lent if lt.ts >= horizon_ms]
 
 
-def _lent(owner: str, was: list[str], item: Touch | GoalMark) -> Lent:
+def _lent(owner: str, was: list[str], item: Touch | GoalMark, at: str) -> Lent:
     if isinstance(item, Touch):
-        return Lent(owner, was, touch=item)
-    return Lent(owner, was, goal=item)
+        return Lent(owner, was, touch=item, at=at)
+    return Lent(owner, was, goal=item, at=at)
 
 
 def _with(was: list[str], owner: str) -> list[str]:

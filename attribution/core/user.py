@@ -76,12 +76,14 @@ def apply(
             out.identity,
         )
     relinked = False
+    replayed: set[str] = set()  # positions of re-delivered records, for the lent items they moved
     for located in events:
         ev, pos = located.event, located.pos
         stream = pos.stream
         if pos.offset <= fences.get(stream, -1):
             out.replayed = True
             out.count(pos.topic, "replayed")
+            replayed.add(f"{stream}@{pos.offset}")
             if routing is not None:  # what it sent may not have reached Kafka the first time
                 if not isinstance(ev, Identity):
                     routing.link(state, ev, replayed=True)
@@ -90,6 +92,8 @@ def apply(
             continue
         fences[stream] = pos.offset
         out.changed = True
+        if routing is not None:
+            routing.at = f"{stream}@{pos.offset}"
         if ev.ts < late_before and not isinstance(ev, Identity):  # a route is as old as its event
             out.count(pos.topic, "late")
         if isinstance(ev, Identity):
@@ -135,7 +139,7 @@ def apply(
             # catch-up) still moves what it can
             routing.reresolve(state, 0)
         if out.replayed:
-            routing.replay(state)
+            routing.replay(state, replayed)
             routing.reshare(state)
     if subs is not None:
         subs_rules.settle(state, was_on, subs_rules.zone_of(settings), subs)

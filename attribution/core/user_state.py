@@ -92,6 +92,7 @@ class Lent(msgspec.Struct, array_like=True, frozen=True, gc=False):
     was: list[str]
     touch: Touch | None = None
     goal: GoalMark | None = None
+    at: str = ""  # '<topic>:<partition>@<offset>' of the record whose batch last moved it
 
     @property
     def ts(self) -> int:
@@ -141,6 +142,7 @@ class UserState(msgspec.Struct, array_like=True, gc=False):
     lent: list[Lent] = msgspec.field(default_factory=list)
     # as a user: the link times of each device it was seen on, and the devices shared with others
     links_out: dict[str, list[int]] = msgspec.field(default_factory=dict)
+    links_sent: dict[str, int] = msgspec.field(default_factory=dict)  # newest link sent per device
     shared: list[str] = msgspec.field(default_factory=list)
     # as a device: touches and goals of events whose user id is the device itself (never moved)
     pinned: list[str] = msgspec.field(default_factory=list)

@@ -485,3 +485,49 @@ def test_a_link_coming_back_after_the_device_clock_passed_grace_still_moves_reta
     ]
     run = deliver(batches, hop_batches=1)
     assert latest(run) == {cid("c1", "purchase", "send", "U"): ("c1", "purchase", "send", "U", "s1", "buy")}
+
+
+# -- found by review: link refresh, replays that re-send only what they moved, long ids ------------
+
+
+def test_a_user_still_on_its_device_refreshes_the_link_so_the_device_never_forgets_it() -> None:
+    """While a device is exclusive only the earliest link is needed, but the device's state (and its
+    links) expires 90 days after the newest link it holds: the user sends one again before that."""
+    t0 = 1_700_000_000_000
+    run = Run([SETTINGS]).deliver(
+        [[send("s1", "c1", "D", t0, "U")], [send("s2", "c1", "D", t0 + 100 * DAY_MS, "U")]]
+    )
+    links = [r for r in run.routed if r["kind"] == "link" and r["to"] == "D"]
+    assert [r["ts"] for r in links] == [t0, t0 + 100 * DAY_MS]
+    later = Run([SETTINGS]).deliver(
+        [[send("s1", "c1", "D", t0, "U")], [send("s2", "c1", "D", t0 + DAY_MS, "U")]]
+    )
+    assert len([r for r in later.routed if r["kind"] == "link"]) == 1  # within the hold: no refresh
+
+
+def test_a_replayed_batch_resends_only_the_routes_its_own_records_moved() -> None:
+    """An owner may have evicted an older routed touch: a route sent again would count it twice."""
+    t0 = 1_700_000_000_000
+    run = Run([SETTINGS])
+    run.feed_events([goal("l1", "signup", "D", t0, "U")])  # links D to U
+    run.drain()
+    run.feed_events([send("a1", "c1", "D", t0 + 1000)])  # anonymous: routed to U
+    run.drain()
+    routes_before = [r for r in run.routed if r["kind"] == "route"]
+    assert [r["event_id"] for r in routes_before] == ["a1"]
+    records = run.records([click("k1", "c9", "D", t0 + 2000, None, "kakao")])  # routes k1 only
+    run.feed(records)
+    run.feed(records)  # re-delivered after a crash before its commit: k1's route again, not a1's
+    run.drain()
+    assert [r["event_id"] for r in run.routed if r["kind"] == "route"] == ["a1", "k1", "k1"]
+    assert normalise_tally(run.tally(PROJECT, "c1"))["sends"] == 1
+
+
+def test_link_and_share_ids_stay_within_the_id_limit_for_the_longest_ids() -> None:
+    long_user, long_device = "u" * 256, "d" * 256
+    run = Run([SETTINGS]).deliver(
+        [[goal("l1", "signup", long_device, 0, long_user), goal("l2", "signup", long_device, 1, "U2")]]
+    )
+    assert {r["kind"] for r in run.routed} >= {"link", "share"}
+    assert all(len(r["event_id"]) <= 256 for r in run.routed)
+    assert not run.dead
