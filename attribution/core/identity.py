@@ -18,6 +18,7 @@ of D, starting with all they kept (the last one before the retention horizon, an
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 
 from attribution.core import items
@@ -162,10 +163,10 @@ class Routing:
             state.links_out[device] = [ev.ts]
             self._send_link(state, device, user, ev.ts)
             return
-        if ev.ts in times:
+        at = bisect.bisect_left(times, ev.ts)  # once per event of a logged-in user: no sort
+        if at < len(times) and times[at] == ev.ts:
             return
-        times.append(ev.ts)
-        times.sort()
+        times.insert(at, ev.ts)
         # an exclusive device's answers need only the earliest link; a link long after the last one
         # sent keeps the device's state (and so its links) alive while the user still uses it
         refresh = ev.ts - state.links_sent.get(device, ev.ts) > LINK_HOLD_MS // 2

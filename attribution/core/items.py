@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attribution.core.model import Basis, Channel, Click, Goal, Send
+from attribution.core.model import Basis, Click, Goal, Send
 from attribution.core.money import fmt, purchase_amount
 from attribution.core.rules import ProjectSettings
 from attribution.core.tally import CampaignDelta
@@ -23,7 +23,6 @@ _CLICK = Basis.CLICK.value
 #: reached bits per campaign: reached on the send / click basis, and the same bits sealed (<< 2)
 REACHED_BIT = {_SEND: 1, _CLICK: 2}
 SEALED_SHIFT = 2
-_VALUE: dict[Channel, str] = {c: c.value for c in Channel}  # Enum.value is a slow descriptor
 _USERS = {_SEND: "send_users", _CLICK: "click_users"}
 DeltaOf = Callable[[str], CampaignDelta]  # a campaign's delta in the batch
 

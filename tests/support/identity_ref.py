@@ -27,19 +27,12 @@ import msgspec
 
 from attribution.core.model import Channel, Click, Event, Goal, Identity, Send, WebEvent
 from attribution.core.rules import ProjectSettings
+from tests.support.reference import COUNTED_ONLY, SERVE_EVENTS
 
 KIND = {Send: "sends", Click: "clicks", Goal: "goals", WebEvent: "web_events"}
-# what the KARTE spec says a web event is (its own reading: not the engine's tables)
-WEB_SERVES = {
-    "message_open",
-    "talk_message_send",
-    "talk_message_fail",
-    "talk_message_open",
-    "message_click",
-    "messaeg_clicked",
-    "message_link_click",
-}
-WEB_COUNTED_ONLY = {"talk_message_send", "talk_message_open", "messaeg_clicked", "message_link_click"}
+# what the KARTE spec says a web event is: the reference's reading (not the engine's tables)
+WEB_SERVES = set(SERVE_EVENTS)
+WEB_COUNTED_ONLY = set(COUNTED_ONLY)
 
 Key = tuple[str, str, str]  # (project, kind, event_id)
 Link = tuple[int, str]  # (ts, user): two links of one user at one ts are one link
