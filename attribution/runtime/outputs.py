@@ -5,8 +5,8 @@ that is down is waited for (librdkafka retries until ``message.timeout.ms``); a 
 because the partitions moved is dropped: the next owner re-reads the batch, a no-op for state.
 
 ``ATTRIBUTION_EXACTLY_ONCE=true``: outputs and offsets in one Kafka transaction, so read_committed
-consumers see each output once. The state in Redis is fenced either way, so correctness never
-depends on the broker's transactions.
+consumers see each output once; a batch that produced nothing commits its offsets plainly. The
+state in Redis is fenced either way, so correctness never depends on the broker's transactions.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Outputs:
         self.producer = kafka_io.producer(config, **extra)
         self.transactional = config.exactly_once
         self.in_transaction = False
+        self.produced = 0  # records produced in the open transaction
         if self.transactional:
             self.producer.init_transactions(30)
 
@@ -69,6 +70,7 @@ class Outputs:
         while True:
             try:
                 self.producer.produce(topic, key=key, value=value, **extra)
+                self.produced += 1
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
@@ -77,6 +79,7 @@ class Outputs:
         if self.transactional:
             self.producer.begin_transaction()
             self.in_transaction = True
+            self.produced = 0
 
     def publish_tallies(self, feed: TallyFeed) -> int:
         """Publish the snapshots of the dirty campaigns and subscription records (see TallyFeed);
@@ -115,9 +118,14 @@ class Outputs:
     def commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
         """Make the outputs durable, then the offsets (one transaction in exactly-once mode)."""
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        if self.transactional:
+        if self.transactional and self.produced:
             self.commit_outputs(consumer.consumer_group_metadata, tps)
             return
+        if self.transactional:
+            # Nothing to keep atomic with the offsets: close the empty transaction, commit them
+            # plainly. (A transaction of offsets only is also what the embedded tansu broker drops:
+            # it commits them later with the next transaction that carries records, if any.)
+            self.commit_outputs()
         self.flush()
         if tps:
             self._commit_offsets(consumer, tps)

@@ -132,8 +132,17 @@ def test_rebuild_refuses_while_workers_are_in_the_group(kafka_bootstrap: str, re
 
 
 def test_exactly_once_mode_survives_a_kill_with_exact_outputs(kafka_bootstrap: str, redis_url: str) -> None:
+    """The restarted worker keeps its transactional id, as a deployment does (the pod's name): its
+    init fences the killed one and aborts its open transaction. With a new id that transaction would
+    stay open until the broker times it out, and read_committed readers of the identity topic (an
+    input) could not pass it; the embedded broker never times it out."""
     config = engine_config(
-        kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], exactly_once=True, batch_size=300
+        kafka_bootstrap,
+        redis_url,
+        uuid.uuid4().hex[:8],
+        exactly_once=True,
+        batch_size=300,
+        transactional_id="worker-0",
     )
     engine = Engine(config)
     engine.put_settings(SHORT_WINDOWS)

@@ -61,6 +61,8 @@ def env_of(config: Config) -> dict[str, str]:
     ):
         value = str(getattr(config, name))
         env[f"ATTRIBUTION_{name.upper()}"] = value if name == "log_level" else value.lower()
+    if config.transactional_id is not None:
+        env["ATTRIBUTION_TRANSACTIONAL_ID"] = config.transactional_id
     return env
 
 
