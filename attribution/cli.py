@@ -85,17 +85,31 @@ def _config() -> Any:
     + "\n\nSIGTERM or SIGINT: finish the batch in hand, publish tallies, commit and leave the group. "
     "Exit codes: 0 stopped, 1 failure (LostState: run `attribution rebuild`), 2 bad setting."
 )
-def worker() -> None:
+@click.option(
+    "--runtime",
+    type=click.Choice(["confluent", "faust"]),
+    default=None,
+    help="confluent: the confluent-kafka batch worker; faust: the same engine as faust-streaming "
+    "agents (default: ATTRIBUTION_RUNTIME, else confluent)",
+)
+def worker(runtime: str | None) -> None:
     """Run a worker (a consumer group member) until SIGTERM/SIGINT.
 
     \b
     Examples:
       KAFKA_BOOTSTRAP_SERVERS=broker:9092 REDIS_URL=redis://redis:6379/0 attribution worker
       ATTRIBUTION_LOG_FORMAT=json ATTRIBUTION_METRICS_PORT=9464 attribution worker
+      attribution worker --runtime faust
     """
+    config = _config()
+    if (runtime or config.runtime) == "faust":
+        from attribution.runtime.faust import run_worker
+
+        run_worker(config)
+        return
     from attribution.runtime.worker import Worker
 
-    running = Worker(_config())
+    running = Worker(config)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         logging.getLogger("attribution").info("signal %d: finishing the batch in hand", signum)
@@ -367,6 +381,11 @@ def demo(rate: int, duration: float, partitions: int) -> None:
 @click.option("--api-campaigns", type=click.IntRange(1), default=1_000, help="Campaigns of the API bench.")
 @click.option("--api-clients", type=click.IntRange(1, 64), default=8, help="Concurrent API clients.")
 @click.option("--api-seconds", type=click.FloatRange(1, 600), default=20.0, help="Duration of the API load.")
+@click.option(
+    "--runtimes/--no-runtimes",
+    default=True,
+    help="Also run both runtimes (confluent, faust) side by side as worker processes.",
+)
 def bench(
     scale: float,
     latency_rate: int,
@@ -380,6 +399,7 @@ def bench(
     api_campaigns: int,
     api_clients: int,
     api_seconds: float,
+    runtimes: bool,
 ) -> None:
     """Throughput, latency and memory in one run; writes bench-results.json."""
     from attribution.devkit.bench import run_bench
@@ -392,7 +412,15 @@ def bench(
 
     if rss_only and not rss_seconds:
         raise click.UsageError("--rss-only needs --rss-seconds")
-    run_bench(scale, latency_rate, latency_seconds, naive_events, out, rss=(rss_seconds, rss_rate, rss_only))
+    run_bench(
+        scale,
+        latency_rate,
+        latency_seconds,
+        naive_events,
+        out,
+        rss=(rss_seconds, rss_rate, rss_only),
+        runtimes=runtimes,
+    )
 
 
 if __name__ == "__main__":

@@ -143,3 +143,24 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def unique() -> str:
     """A short unique string for topic names, group ids and key prefixes."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+# --- runtimes ------------------------------------------------------------------------------------
+
+#: The worker runtimes every shared integration test runs on (`attribution worker --runtime ...`).
+RUNTIMES = ["confluent", "faust"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The worker runtime of the test: the confluent-kafka batch worker, then the Faust agents."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_logs() -> Iterator[None]:
+    """Worker processes log to temporary files (kept for assertion messages during the session)."""
+    yield
+    from tests.support.kafka import remove_worker_logs
+
+    remove_worker_logs()

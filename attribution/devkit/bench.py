@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from attribution.core.user_state import decode_state
 from attribution.devkit.bench_links import identity_backlog
 from attribution.devkit.bench_load import SETTINGS, Shape, backlog
 from attribution.devkit.bench_rss import lag, worker_rss
+from attribution.devkit.bench_runtimes import render as runtime_rows
+from attribution.devkit.bench_runtimes import side_by_side
 from attribution.devkit.demo import services
 from attribution.devkit.traffic import Traffic
 from attribution.engine.processor import EngineConfig, Processor, Record
@@ -170,11 +173,26 @@ def _naive(config: Config, records: list[tuple[str, bytes, bytes]]) -> float:
     return len(records) / (time.perf_counter() - started)
 
 
-def _latency(config: Config, rate: int, seconds: float) -> dict[str, float]:
-    """Goal-to-tally latency under a steady load: tally receive time minus its as_of_ts (event time = now)."""
+def _in_thread(config: Config) -> Callable[[], None]:
+    """The confluent worker in a thread, once it has joined its group; returns the way to stop it."""
     worker = Worker(config)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    while not worker.assigned:
+        time.sleep(0.01)
+
+    def stop() -> None:
+        worker.stop()
+        thread.join(60)
+
+    return stop
+
+
+def _latency(
+    config: Config, rate: int, seconds: float, start: Callable[[Config], Callable[[], None]] = _in_thread
+) -> dict[str, float]:
+    """Goal-to-tally latency under a steady load: tally receive time minus its as_of_ts (event time = now)."""
+    stop_worker = start(config)
     reader = Consumer(  # the reader must not add latency of its own: fetches answered at once
         config.kafka(
             {
@@ -186,7 +204,7 @@ def _latency(config: Config, rate: int, seconds: float) -> dict[str, float]:
         )
     )
     reader.subscribe([config.topic("tallies")])
-    while not worker.assigned or not reader.assignment():
+    while not reader.assignment():
         reader.consume(100, 0.1)
     stop = threading.Event()
     producer = Producer(config.kafka({"linger.ms": 2}))
@@ -211,8 +229,7 @@ def _latency(config: Config, rate: int, seconds: float) -> dict[str, float]:
     stop.set()
     loader.join(5)
     reader.close()
-    worker.stop()
-    thread.join(60)
+    stop_worker()
     samples.sort()
 
     def pick(q: float) -> float:
@@ -252,6 +269,7 @@ def run_bench(
     naive_events: int,
     out: Path,
     rss: tuple[float, int, bool] = (0, 0, False),
+    runtimes: bool = True,
 ) -> dict[str, Any]:
     rss_seconds, rss_rate, rss_only = rss
     with services() as env:
@@ -288,6 +306,14 @@ def run_bench(
         wait_ms = int(os.environ.setdefault("KAFKA_FETCH_WAIT_MAX_MS", str(LATENCY_FETCH_WAIT_MS)))
         try:
             res["latency"] = _latency(_fresh(base, tally_interval_ms=20), latency_rate, latency_s)
+            if runtimes:
+                res["runtimes"] = side_by_side(
+                    lambda **extra: _fresh(base, **extra),
+                    records,
+                    _produce,
+                    _caught_up,
+                    lambda config, start: _latency(config, latency_rate, latency_s, start),
+                )
         finally:
             if not preset:
                 os.environ.pop("KAFKA_FETCH_WAIT_MAX_MS")
@@ -337,6 +363,7 @@ def render(r: dict[str, Any]) -> str:
             f"fetch wait {lat.get('fetch_wait_ms', 100)} ms)",
         ),
         ("redis memory per live touch", f"{mem['bytes_per_touch']} B ({mem['live_touches']:,} touches)"),
+        *(runtime_rows(r["runtimes"]) if "runtimes" in r else []),
         ("engine / ceiling", f"{r['ratios']['engine_over_ceiling']:.2f}"),
         ("engine / naive", f"{r['ratios']['engine_over_naive']:.1f}x"),
     ]

@@ -1,7 +1,8 @@
 """One batch of input records -> decoded events -> per-user attribution -> one atomic state write.
 
-Runtimes (the confluent-kafka worker in ``attribution.runtime``) hand records in and publish what comes out;
-they decide nothing about attribution. This module knows no Kafka client and no Redis command.
+Runtimes (``attribution.runtime``: the confluent-kafka worker and the faust-streaming agents) hand
+records in and publish what comes out; they decide nothing about attribution. This module knows no
+Kafka client and no Redis command.
 """
 
 from __future__ import annotations

@@ -73,9 +73,11 @@ class Config(BaseSettings):
     # outputs and input offsets in one Kafka transaction (brokers with transactions); correctness
     # never depends on it: state is fenced in Redis and outputs carry stable ids
     exactly_once: bool = False
+    # `attribution worker`: the confluent-kafka batch worker, or the faust-streaming agents
+    runtime: Literal["confluent", "faust"] = "confluent"
     transactional_id: str | None = Field(None, min_length=1, max_length=200)
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "runtime", mode="before")
     @classmethod
     def _any_case(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):

@@ -1,4 +1,4 @@
-"""The seed documents' examples end to end: real broker, real Redis, one worker in a thread."""
+"""The seed documents' examples end to end: real broker, real Redis, one worker of each runtime."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from attribution.cli import main
 from attribution.errors import BadSettings
 from attribution.runtime.kafka_io import check_copartitioned
+from tests.conftest import RUNTIMES
 from tests.support.kafka import Engine, TopicReader, engine_config
 from tests.support.scenarios import DAY_MS, PROJECT, click, goal, send, settings
 
@@ -22,11 +23,14 @@ T0 = int(time.time() * 1000) - 3600_000
 MIN = 60_000
 
 
-@pytest.fixture(scope="module")
-def engine(kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
-    eng = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+@pytest.fixture(scope="module", params=RUNTIMES)
+def engine(request: pytest.FixtureRequest, kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
+    """One engine per runtime: every test of this module runs on the confluent worker, then on the
+    Faust agents."""
+    config = engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], runtime=request.param)
+    eng = Engine(config)
     eng.put_settings(settings())
-    worker = eng.worker_thread()
+    worker = eng.worker()
     yield eng
     worker.stop()
     eng.close()
@@ -170,7 +174,7 @@ def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap
     from attribution.devkit.embedded import free_port
 
     port = free_port()
-    worker = engine.worker_thread(metrics_port=port, group_id=f"{engine.config.group_id}-ops")
+    worker = engine.worker(metrics_port=port, group_id=f"{engine.config.group_id}-ops")
     try:
         deadline = time.monotonic() + 30
         while True:

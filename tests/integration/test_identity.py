@@ -234,10 +234,12 @@ def shared_devices(start: int, seed: int, devices: int = 400, users: int = 200) 
 
 
 def test_a_worker_killed_mid_stream_with_links_in_flight_restarts_exact(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, runtime: str
 ) -> None:
     # small batches: many batches (and identity hops) to be killed in the middle of
-    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=40))
+    engine = Engine(
+        engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=40, runtime=runtime)
+    )
     engine.put_settings(KILL_SETTINGS)
     start = int(time.time() * 1000) - 2 * 3600_000
     events = shared_devices(start, seed=12)
@@ -258,7 +260,7 @@ def test_a_worker_killed_mid_stream_with_links_in_flight_restarts_exact(
         settled(engine, redis_url, tallies, convs)
     finally:
         final.send_signal(signal.SIGTERM)
-        assert final.wait(60) == 0
+        assert final.wait(60) == 0, engine.log_tail()
         engine.close()
     assert killed_at[0] < len(convs.records), "the first kill came after the end: nothing was tested"
     latest = compare(events, KILL_SETTINGS, tallies, convs)

@@ -14,6 +14,7 @@ import pytest
 
 from attribution.core.model import Event
 from attribution.core.rules import ProjectSettings
+from tests.conftest import RUNTIMES
 from tests.support.kafka import Engine, engine_config
 from tests.support.outcome import assert_exact, settled
 from tests.support.reference import normalise_day, normalise_now, subscriptions
@@ -90,9 +91,9 @@ def scenario() -> list[Event]:
     ]
 
 
-@pytest.fixture(scope="module")
-def engine(kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
-    eng = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8]))
+@pytest.fixture(scope="module", params=RUNTIMES)
+def engine(request: pytest.FixtureRequest, kafka_bootstrap: str, redis_url: str) -> Iterator[Engine]:
+    eng = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], runtime=request.param))
     eng.put_settings(KARTE)
     yield eng
     eng.close()
@@ -102,7 +103,7 @@ def test_karte_rules_end_to_end_equal_the_reference(engine: Engine, redis_url: s
     events = scenario()
     tallies, convs = engine.reader("tallies"), engine.reader("conversions")
     subs, dlq = engine.reader("subscriptions"), engine.reader("dlq")
-    worker = engine.worker_thread()
+    worker = engine.worker()
     try:
         engine.produce(events)
         # dead letters: a serve without campaign, a web event without visitor_id

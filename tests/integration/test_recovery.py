@@ -51,9 +51,11 @@ def scenario(start_ms: int, span_ms: int, step_ms: int, per_step: int, seed: int
 
 
 @pytest.fixture
-def fresh_engine(kafka_bootstrap: str, any_redis: tuple[str, str]) -> Iterator[Engine]:
-    """An engine of its own on a single Redis, then on a Redis Cluster."""
-    engine = Engine(engine_config(kafka_bootstrap, any_redis[1], uuid.uuid4().hex[:8], batch_size=300))
+def fresh_engine(kafka_bootstrap: str, any_redis: tuple[str, str], runtime: str) -> Iterator[Engine]:
+    """An engine of its own on a single Redis, then on a Redis Cluster; on each runtime."""
+    engine = Engine(
+        engine_config(kafka_bootstrap, any_redis[1], uuid.uuid4().hex[:8], batch_size=300, runtime=runtime)
+    )
     yield engine
     engine.close()
 
@@ -79,7 +81,7 @@ def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: En
         settled(engine, redis_url, tallies, convs)
     finally:
         final.send_signal(signal.SIGTERM)
-        assert final.wait(60) == 0
+        assert final.wait(60) == 0, engine.log_tail()
     repeats = assert_exact(events, SHORT_WINDOWS, tallies, convs)
     print(f"{len(events)} events, {kills} kills, {repeats} repeated conversion records")  # noqa: T201
 

@@ -25,13 +25,19 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", str(max(12, EVENTS // 4000))))
 
 
 def test_soak_with_kills_and_rebalances_equals_the_reference(
-    kafka_bootstrap: str, any_redis: tuple[str, str]
+    kafka_bootstrap: str, any_redis: tuple[str, str], runtime: str
 ) -> None:
     name, url = any_redis
     seed = 20261123
     engine = Engine(
         engine_config(
-            kafka_bootstrap, url, uuid.uuid4().hex[:8], partitions=6, grace_ms=GRACE_MS, batch_size=2000
+            kafka_bootstrap,
+            url,
+            uuid.uuid4().hex[:8],
+            partitions=6,
+            grace_ms=GRACE_MS,
+            batch_size=2000,
+            runtime=runtime,
         )
     )
     engine.put_settings(SOAK_SETTINGS)
@@ -59,7 +65,8 @@ def test_soak_with_kills_and_rebalances_equals_the_reference(
     report = chaos.report
     assert all(code == 0 for code in report.exit_codes), report.exit_codes  # no worker died on its own
     print(  # noqa: T201 - the soak report
-        f"\nsoak on {name}: events {len(ordered)} ({len(events)} distinct), kills {report.kills},"
+        f"\nsoak on {name}, {runtime} runtime: events {len(ordered)} ({len(events)} distinct),"
+        f" kills {report.kills},"
         f" workers started {report.started}, rebalances {report.rebalances},"
         f" repeated conversion records {repeats} ({retracted} retractions),"
         f" anonymous events of linked devices {anonymous_then_linked},"

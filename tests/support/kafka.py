@@ -4,6 +4,7 @@ a worker in a thread or a process, producing events and reading outputs with dea
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -58,12 +60,25 @@ def env_of(config: Config) -> dict[str, str]:
         "state_check_ms",
         "exactly_once",
         "log_level",
+        "runtime",
     ):
         value = str(getattr(config, name))
-        env[f"ATTRIBUTION_{name.upper()}"] = value if name == "log_level" else value.lower()
+        env[f"ATTRIBUTION_{name.upper()}"] = value if name in ("log_level", "runtime") else value.lower()
     if config.transactional_id is not None:
         env["ATTRIBUTION_TRANSACTIONAL_ID"] = config.transactional_id
     return env
+
+
+#: every worker log file the tests created; the session removes them at its end (conftest)
+WORKER_LOGS: list[str] = []
+
+
+def remove_worker_logs() -> None:
+    """At the end of the session; KEEP_WORKER_LOGS=1 keeps them (for a post-mortem)."""
+    if os.environ.get("KEEP_WORKER_LOGS") == "1":
+        return
+    while WORKER_LOGS:
+        Path(WORKER_LOGS.pop()).unlink(missing_ok=True)
 
 
 @dataclass
@@ -125,20 +140,39 @@ class Engine:
         self.readers.clear()
 
     def worker_thread(self, **overrides: Any) -> WorkerThread:
+        """The confluent worker in a thread of this process (its internals in reach of the test)."""
         config = self.config.model_copy(update=overrides) if overrides else self.config
         return WorkerThread(Worker(config))
 
-    def worker_process(self) -> subprocess.Popen[bytes]:
+    def worker(self, **overrides: Any) -> WorkerThread | WorkerProcess:
+        """A worker of the engine's runtime: the confluent worker in a thread of this process; the
+        Faust runtime (an event loop and signal handlers of its own) in a child process."""
+        config = self.config.model_copy(update=overrides) if overrides else self.config
+        if config.runtime == "faust":
+            return WorkerProcess(self, self.worker_process(config))
+        return WorkerThread(Worker(config))
+
+    def worker_process(self, config: Config | None = None) -> subprocess.Popen[bytes]:
         """`attribution worker` in a child process; its log goes to a temporary file (see ``logs``)."""
-        log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
-        self.logs.append(log.name)
-        with log:
+        with open(self.new_log(), "wb") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "attribution.cli", "worker"],
-                env=env_of(self.config),
+                env=env_of(config or self.config),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
+
+    def new_log(self) -> str:
+        """A temporary file for a worker process' log (``log_tail`` reads the newest)."""
+        log = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log", delete=False)  # noqa: SIM115
+        log.close()
+        self.logs.append(log.name)
+        WORKER_LOGS.append(log.name)
+        return log.name
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the newest worker process' log, for an assertion message."""
+        return Path(self.logs[-1]).read_text()[-chars:] if self.logs else ""
 
 
 class WorkerThread:
@@ -160,6 +194,24 @@ class WorkerThread:
         assert not self.thread.is_alive(), "worker did not stop within 60 s"
         if self.error is not None:
             raise self.error
+
+
+class WorkerProcess:
+    """A worker in a child process, stopped like the confluent ``WorkerThread``: SIGTERM, then it
+    must exit 0 within 60 s."""
+
+    def __init__(self, engine: Engine, proc: subprocess.Popen[bytes]) -> None:
+        self.engine = engine
+        self.proc = proc
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"worker did not stop within 60 s: {self.engine.log_tail()}") from None
+        assert code == 0, f"worker exited with {code}: {self.engine.log_tail()}"
 
 
 class TopicReader:

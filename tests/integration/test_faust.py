@@ -1,0 +1,163 @@
+"""What only the Faust runtime needs: mounting into an app of one's own, the settings it refuses,
+lost state and a Redis outage in a child process. The shared tests (seed examples, DLQ, restarts,
+kill -9, rebalances, the soak) run on both runtimes through the ``runtime`` fixture."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from attribution.state.router import close, connect
+from tests.integration.test_recovery import HOUR, SHORT_WINDOWS, scenario
+from tests.support.kafka import Engine, TopicReader, engine_config, env_of
+from tests.support.outcome import assert_exact, consumed_everything, settled
+from tests.support.proxy import Proxy
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(done: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def faust_engine(kafka: str, redis_url: str, **overrides: object) -> Engine:
+    return Engine(engine_config(kafka, redis_url, uuid.uuid4().hex[:8], runtime="faust", **overrides))
+
+
+def test_the_agents_mounted_into_an_app_with_its_own_agent(kafka_bootstrap: str, redis_url: str) -> None:
+    engine = faust_engine(kafka_bootstrap, redis_url)
+    echo_in, echo_out = f"{engine.config.topic_prefix}echo-in", f"{engine.config.topic_prefix}echo-out"
+    admin = AdminClient(engine.config.kafka())
+    for future in admin.create_topics([NewTopic(echo_in, 1, 1), NewTopic(echo_out, 1, 1)]).values():
+        future.result(30)
+    engine.put_settings(SHORT_WINDOWS)
+    events = scenario(int(time.time() * 1000) - 2 * HOUR, 5 * 60_000, 1000, 6, seed=9)
+    engine.produce(events)
+    for i in range(20):
+        engine.producer.produce(echo_in, value=b'{"n": %d, "text": "hello"}' % i)
+    engine.producer.flush(30)
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    shouted = TopicReader(engine.config, echo_out)
+    with open(engine.new_log(), "wb") as log:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.faust_mounted", "worker", "--loglevel", "warn"],
+            env={**env_of(engine.config), "ECHO_IN": echo_in, "ECHO_OUT": echo_out},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        try:
+            shouted.until(lambda recs: len(recs) >= 20, what="the app's own agent")
+            settled(engine, redis_url, tallies, convs)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{engine.log_tail()}") from None
+    finally:
+        app.send_signal(signal.SIGTERM)
+        code = app.wait(60)
+        shouted.close()
+        engine.close()
+    assert code == 0, engine.log_tail()
+    assert sorted(r["N"] for r in shouted.records) == list(range(20))
+    assert all(r["TEXT"] == "HELLO" for r in shouted.records)
+    assert_exact(events, SHORT_WINDOWS, tallies, convs)
+
+
+def test_exactly_once_is_refused_naming_the_setting(kafka_bootstrap: str, redis_url: str) -> None:
+    config = engine_config(
+        kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], runtime="faust", exactly_once=True
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "attribution.cli", "worker"],
+        env=env_of(config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "ATTRIBUTION_EXACTLY_ONCE" in done.stderr and "confluent runtime" in done.stderr
+
+
+def test_lost_state_stops_the_faust_worker_naming_the_way_out(kafka_bootstrap: str, redis_url: str) -> None:
+    engine = faust_engine(kafka_bootstrap, redis_url, state_check_ms=200)
+    engine.put_settings(SHORT_WINDOWS)
+    engine.produce(scenario(int(time.time() * 1000) - 2 * HOUR, 3 * 60_000, 1000, 6, seed=4))
+    worker = engine.worker_process()
+    try:
+        consumed_everything(engine)
+        client = connect(redis_url)
+        try:  # Redis restarts without persistence while the worker runs: it stops, never counts wrong
+            for key in list(client.scan_iter(match=f"{engine.config.redis_prefix}:*", count=1000)):
+                client.unlink(key)
+        finally:
+            close(client)
+        assert worker.wait(30) == 1, engine.log_tail()
+        assert "attribution rebuild" in engine.log_tail()
+        # a restarted worker refuses to start
+        again = engine.worker_process()
+        assert again.wait(60) == 1
+        assert "committed offsets" in engine.log_tail()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        engine.close()
+
+
+@pytest.fixture
+def proxied_redis(redis_url: str) -> Iterator[tuple[str, Proxy]]:
+    upstream = urlsplit(redis_url)
+    proxy = Proxy((upstream.hostname or "127.0.0.1", upstream.port or 6379))
+    yield f"redis://127.0.0.1:{proxy.port}/0", proxy
+    proxy.cut()
+
+
+def _redis_errors(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        lines = r.read().decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("attribution_redis_errors_total{")
+    )
+
+
+def test_a_redis_outage_is_waited_out_and_the_result_stays_exact(
+    kafka_bootstrap: str, redis_url: str, proxied_redis: tuple[str, Proxy]
+) -> None:
+    """Redis fails inside a cycle: the released events are applied again after a backoff."""
+    from attribution.devkit.embedded import free_port
+
+    url, proxy = proxied_redis
+    port = free_port()
+    engine = faust_engine(kafka_bootstrap, url, metrics_port=port)
+    engine.put_settings(SHORT_WINDOWS)
+    events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=8)
+    half = len(events) // 2
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    worker = engine.worker_process()
+    try:
+        engine.produce(events[:half])
+        convs.until(lambda recs: len(recs) > 10, timeout_s=60, what="first conversions")
+        proxy.cut()
+        engine.produce(events[half:])
+        wait_for(lambda: _redis_errors(port) >= 3, "three Redis errors")
+        assert worker.poll() is None, engine.log_tail()
+        proxy.restore()
+        settled(engine, redis_url, tallies, convs)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+        engine.close()
+    assert code == 0, engine.log_tail()
+    assert_exact(events, SHORT_WINDOWS, tallies, convs)
