@@ -1,6 +1,6 @@
-"""What only the Faust runtime needs: mounting into an app of one's own, the settings it refuses,
-lost state and a Redis outage in a child process. The shared tests (seed examples, DLQ, restarts,
-kill -9, rebalances, the soak) run on both runtimes through the ``runtime`` fixture."""
+"""What only the Faust runtime needs: mounting into an app of one's own, the setting it refuses, lost
+state in a child process. The shared tests (seed examples, DLQ, health, KARTE, restarts, kill -9, a
+Redis outage, rebalances and the soak) run on both runtimes through the ``runtime`` fixture."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -21,16 +18,8 @@ from attribution.state.router import close, connect
 from tests.integration.test_recovery import HOUR, SHORT_WINDOWS, scenario
 from tests.support.kafka import Engine, TopicReader, engine_config, env_of
 from tests.support.outcome import assert_exact, consumed_everything, settled
-from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(done: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def faust_engine(kafka: str, redis_url: str, **overrides: object) -> Engine:
@@ -114,50 +103,3 @@ def test_lost_state_stops_the_faust_worker_naming_the_way_out(kafka_bootstrap: s
         if worker.poll() is None:
             worker.kill()
         engine.close()
-
-
-@pytest.fixture
-def proxied_redis(redis_url: str) -> Iterator[tuple[str, Proxy]]:
-    upstream = urlsplit(redis_url)
-    proxy = Proxy((upstream.hostname or "127.0.0.1", upstream.port or 6379))
-    yield f"redis://127.0.0.1:{proxy.port}/0", proxy
-    proxy.cut()
-
-
-def _redis_errors(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-        lines = r.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("attribution_redis_errors_total{")
-    )
-
-
-def test_a_redis_outage_is_waited_out_and_the_result_stays_exact(
-    kafka_bootstrap: str, redis_url: str, proxied_redis: tuple[str, Proxy]
-) -> None:
-    """Redis fails inside a cycle: the released events are applied again after a backoff."""
-    from attribution.devkit.embedded import free_port
-
-    url, proxy = proxied_redis
-    port = free_port()
-    engine = faust_engine(kafka_bootstrap, url, metrics_port=port)
-    engine.put_settings(SHORT_WINDOWS)
-    events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=8)
-    half = len(events) // 2
-    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
-    worker = engine.worker_process()
-    try:
-        engine.produce(events[:half])
-        convs.until(lambda recs: len(recs) > 10, timeout_s=60, what="first conversions")
-        proxy.cut()
-        engine.produce(events[half:])
-        wait_for(lambda: _redis_errors(port) >= 3, "three Redis errors")
-        assert worker.poll() is None, engine.log_tail()
-        proxy.restore()
-        settled(engine, redis_url, tallies, convs)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(60)
-        engine.close()
-    assert code == 0, engine.log_tail()
-    assert_exact(events, SHORT_WINDOWS, tallies, convs)

@@ -188,6 +188,9 @@ class WorkerThread:
         except BaseException as exc:
             self.error = exc
 
+    def alive(self) -> bool:
+        return self.thread.is_alive() and self.error is None
+
     def stop(self) -> None:
         self.worker.stop()
         self.thread.join(60)
@@ -203,6 +206,9 @@ class WorkerProcess:
     def __init__(self, engine: Engine, proc: subprocess.Popen[bytes]) -> None:
         self.engine = engine
         self.proc = proc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
