@@ -382,9 +382,11 @@ def demo(rate: int, duration: float, partitions: int) -> None:
 @click.option("--api-clients", type=click.IntRange(1, 64), default=8, help="Concurrent API clients.")
 @click.option("--api-seconds", type=click.FloatRange(1, 600), default=20.0, help="Duration of the API load.")
 @click.option(
-    "--runtimes/--no-runtimes",
-    default=True,
-    help="Also run both runtimes (confluent, faust) side by side as worker processes.",
+    "--runtime-rate",
+    type=click.IntRange(0),
+    default=2_000,
+    help="Both runtimes side by side as worker processes (a quarter of the backlog, then the latency "
+    "at this many events/s); 0 skips them.",
 )
 def bench(
     scale: float,
@@ -399,7 +401,7 @@ def bench(
     api_campaigns: int,
     api_clients: int,
     api_seconds: float,
-    runtimes: bool,
+    runtime_rate: int,
 ) -> None:
     """Throughput, latency and memory in one run; writes bench-results.json."""
     from attribution.devkit.bench import run_bench
@@ -419,7 +421,7 @@ def bench(
         naive_events,
         out,
         rss=(rss_seconds, rss_rate, rss_only),
-        runtimes=runtimes,
+        runtime_rate=runtime_rate,
     )
 
 

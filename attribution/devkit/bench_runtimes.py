@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from attribution.contract.topics import INPUTS
 from attribution.devkit.bench_rss import child_env, rss_bytes
 from attribution.devkit.embedded import free_port
 from attribution.infra.config import Config
@@ -109,11 +112,34 @@ def side_by_side(
         row["latency"] = latency(fresh(tally_interval_ms=20), functools.partial(started, runtime=runtime))
         out[runtime] = row
     out["faust_over_confluent"] = out["faust"]["events_per_s"] / out["confluent"]["events_per_s"]
+    config = fresh()
+    produce(config, records)
+    out["faust_noop_events_per_s"] = faust_ceiling(config, len(records))
+    out["events"] = len(records)
     return out
 
 
+def faust_ceiling(config: Config, records: int) -> float:
+    """Records/s of a Faust agent that does nothing with them (``attribution.devkit.faust_ceiling``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rate"
+        env = {
+            **child_env(config),
+            "CEILING_TOPICS": ",".join(config.topic(kind) for kind in INPUTS),
+            "CEILING_RECORDS": str(records),
+            "CEILING_OUT": str(result),
+        }
+        subprocess.run(
+            [sys.executable, "-m", "attribution.devkit.faust_ceiling", "worker", "-l", "warn"],
+            env=env,
+            timeout=1800,
+            check=False,
+        )
+        return float(result.read_text()) if result.exists() else 0.0
+
+
 def render(r: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
+    rows = [("runtimes: backlog (worker processes)", f"{r['events']:,} events")]
     for runtime in RUNTIMES:
         x = r[runtime]
         lat = x["latency"]
@@ -125,4 +151,5 @@ def render(r: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     rows.append(("faust / confluent catch-up", f"{r['faust_over_confluent']:.2f}"))
+    rows.append(("faust no-op agent (its ceiling)", f"{r['faust_noop_events_per_s']:,.0f} ev/s"))
     return rows

@@ -189,16 +189,29 @@ def test_health_metrics_and_readiness_are_served(engine: Engine, kafka_bootstrap
         assert ready["ok"] is True and "projects" not in ready
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
             assert orjson.loads(r.read())["ok"] is True
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-        for name in (
-            "attribution_events_total",
-            "attribution_batch_seconds",
-            "attribution_consumer_lag",
-            "attribution_rebalances_total",
-            "attribution_redis_seconds",
-        ):
-            assert name in text
+        # samples, not only the HELP lines: this member (a group of its own) reads the topics from
+        # their start, so it processes batches (one event at least) and reports its lag
+        engine.produce([send("ops-s", "ops", "ops-d", T0, user="ops-u")])
+        wanted = (
+            'attribution_rebalances_total{kind="assign"}',
+            'attribution_batch_seconds_count{stage="total"}',
+            "attribution_events_total{",
+            "attribution_consumer_lag{",
+            "attribution_redis_seconds_count{",
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                lines = r.read().decode().splitlines()
+            missing = [w for w in wanted if not any(line.startswith(w) for line in lines)]
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"no samples of {missing}"
+            time.sleep(0.5)
+        runtime = engine.config.runtime
+        assert any(
+            line.startswith("attribution_build_info{") and f'runtime="{runtime}"' in line for line in lines
+        )
     finally:
         worker.stop()
 

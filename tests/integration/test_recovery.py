@@ -11,12 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from confluent_kafka import Producer
 
 from attribution.core.model import Click, Event, Goal, Send
 from attribution.core.rules import ProjectSettings, parse_settings
 from attribution.devkit.traffic import DEMO_PROJECT, Traffic
 from tests.support.kafka import Engine, engine_config
-from tests.support.outcome import assert_exact, settled
+from tests.support.outcome import assert_exact, consumed_everything, settled
 from tests.support.reference import normalise_tally
 
 pytestmark = pytest.mark.integration
@@ -86,19 +87,24 @@ def test_worker_killed_mid_stream_restarts_without_double_count(fresh_engine: En
     print(f"{len(events)} events, {kills} kills, {repeats} repeated conversion records")  # noqa: T201
 
 
-def test_hours_old_backlog_in_one_burst_equals_live(kafka_bootstrap: str, redis_url: str) -> None:
+def test_hours_old_backlog_in_one_burst_equals_live(
+    kafka_bootstrap: str, redis_url: str, runtime: str
+) -> None:
     start = int(time.time() * 1000) - 8 * HOUR
     events = scenario(start, 6 * HOUR, 10_000, 4, seed=5)
     results: dict[str, dict[Any, Any]] = {}
     for mode in ("live", "burst"):
-        engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=2000))
+        config = engine_config(
+            kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], batch_size=2000, runtime=runtime
+        )
+        engine = Engine(config)
         engine.put_settings(SHORT_WINDOWS)
         tallies, convs = engine.reader("tallies"), engine.reader("conversions")
         if mode == "burst":
             engine.produce(events)
-            worker = engine.worker_thread()
+            worker = engine.worker()
         else:
-            worker = engine.worker_thread()
+            worker = engine.worker()
             for i in range(0, len(events), 500):  # arrives over time while the worker runs
                 engine.produce(events[i : i + 500])
         try:
@@ -109,3 +115,39 @@ def test_hours_old_backlog_in_one_burst_equals_live(kafka_bootstrap: str, redis_
         assert_exact(events, SHORT_WINDOWS, tallies, convs)
         results[mode] = {k: normalise_tally(v) for k, v in tallies.latest_tallies().items()}
     assert results["live"] == results["burst"]
+
+
+def test_an_input_ending_in_a_transaction_marker_does_not_stall_a_restart(
+    kafka_bootstrap: str, redis_url: str, runtime: str
+) -> None:
+    """Goals written by a transactional producer end in a commit marker, which consumers never see.
+    A restarted worker starts at that marker: it must still find the goals partitions at their end,
+    or their partners (the sends produced meanwhile) would wait for them for good."""
+    engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], runtime=runtime))
+    engine.put_settings(SHORT_WINDOWS)
+    events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=13)
+    half = len(events) // 2
+    goals = [e for e in events[:half] if isinstance(e, Goal)]
+    engine.produce([e for e in events[:half] if not isinstance(e, Goal)])
+    txn = Producer(engine.config.kafka({"transactional.id": f"upstream-{engine.config.group_id}"}))
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    for g in goals:
+        txn.produce(engine.config.topic("goals"), key=g.user_key.encode(), value=msgspec.json.encode(g))
+    txn.commit_transaction(30)
+    later: list[Event] = [e for e in events[half:] if not isinstance(e, Goal)]  # goals keep their marker
+    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    first = engine.worker()
+    try:
+        consumed_everything(engine, markers=("goals",))
+    finally:
+        first.stop()
+    engine.produce(later)
+    again = engine.worker()
+    try:
+        consumed_everything(engine, timeout_s=60, markers=("goals",))
+        settled(engine, redis_url, tallies, convs, markers=("goals",))
+    finally:
+        again.stop()
+        engine.close()
+    assert_exact(events[:half] + later, SHORT_WINDOWS, tallies, convs)

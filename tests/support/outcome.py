@@ -26,15 +26,19 @@ from tests.support.reference import (
 WRITTEN_BY_WORKERS = {"identity"}  # inputs the workers produce (and consume) themselves
 
 
-def consumed_everything(engine: Engine, timeout_s: float = 120.0) -> None:
-    """Wait until the group's committed offsets reach the end of every input partition."""
+def consumed_everything(engine: Engine, timeout_s: float = 120.0, markers: tuple[str, ...] = ()) -> None:
+    """Wait until the group's committed offsets reach the end of every input partition (``markers``:
+    inputs that a transactional producer wrote last, so they end in a commit marker)."""
     cfg = engine.config
     probe = Consumer(cfg.kafka({"group.id": cfg.group_id, "enable.auto.commit": False}))
     try:
         tps = [TopicPartition(cfg.topic(k), p) for k in INPUTS for p in range(cfg.partitions)]
         # An input the workers write themselves in exactly-once mode ends with a transaction marker:
         # the last offset is no record, and a committed offset never passes it.
-        slack = {cfg.topic(k): 1 if cfg.exactly_once and k in WRITTEN_BY_WORKERS else 0 for k in INPUTS}
+        slack = {
+            cfg.topic(k): 1 if (cfg.exactly_once and k in WRITTEN_BY_WORKERS) or k in markers else 0
+            for k in INPUTS
+        }
         deadline = time.monotonic() + timeout_s
         while True:
             committed = {(tp.topic, tp.partition): tp.offset for tp in probe.committed(tps, timeout=10)}
@@ -74,10 +78,15 @@ def tallies_settled(engine: Engine, redis_url: str, reader: TopicReader, timeout
 
 
 def settled(
-    engine: Engine, redis_url: str, tallies: TopicReader, convs: TopicReader, timeout_s: float = 120.0
+    engine: Engine,
+    redis_url: str,
+    tallies: TopicReader,
+    convs: TopicReader,
+    timeout_s: float = 120.0,
+    markers: tuple[str, ...] = (),
 ) -> None:
     """Everything consumed, every tally published and read, the conversions read to their end."""
-    consumed_everything(engine, timeout_s=timeout_s)
+    consumed_everything(engine, timeout_s=timeout_s, markers=markers)
     tallies_settled(engine, redis_url, tallies, timeout_s=timeout_s)
     convs.read_to_end(timeout_s=timeout_s)
 

@@ -66,7 +66,7 @@ class AttributionAgents(Member):
                 "the faust runtime publishes at least once (fenced state, stable output ids); "
                 "use the confluent runtime for Kafka transactions",
             )
-        super().__init__(config, metrics)
+        super().__init__(config, metrics or Metrics(runtime="faust"))
         self.app: Any = None
         self.failure: BaseException | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="attribution")
@@ -79,7 +79,6 @@ class AttributionAgents(Member):
         self._settings: SettingsFeed | None = None
         self._outputs: Outputs | None = None
         self._server: OpsServer | None = None
-        self._start_pos: dict[Tp, int] = {}
         self._carry = BatchResult()  # decoded since the last good cycle (dead letters, outcomes)
         self._retry: list[Any] | None = None  # released events of a cycle Redis failed
         self._retry_at = 0.0  # no cycle before (monotonic s): the backoff after a Redis error
@@ -105,9 +104,16 @@ class AttributionAgents(Member):
         try:
             await self._call(self._start)
         except BaseException as exc:
-            await self._fail(exc)
+            if not self._stopping:  # else: stopped before it started (the executor is shut down)
+                await self._fail(exc)
             return
         self._begun.set()
+        try:
+            await self._cycles()
+        except Exception as exc:
+            await self._fail(exc)
+
+    async def _cycles(self) -> None:
         # Cycles run here, apart from the agent: while one is on the engine's thread, Faust keeps
         # delivering into the inbox, and the next cycle takes all of it (as the confluent worker's
         # consume takes what librdkafka prefetched). Without records, a cycle every TICK_S: idle
@@ -179,7 +185,8 @@ class AttributionAgents(Member):
     def _backpressure(self, over: set[Tp]) -> None:
         """Pause topic-partitions that ran far ahead of their partners; resume them once drained."""
         consumer = self.app.consumer
-        to_pause = over - self._paused
+        # re-asserted each cycle: Faust's own flow control resumes a partition when its buffer drains
+        to_pause = over
         half = self.config.max_buffered // 2
         to_resume = {tp for tp in self._paused - over if self.aligner.buffered(tp) < half}
         if to_pause:
@@ -269,30 +276,34 @@ class AttributionAgents(Member):
             bridge.commit(self.app, offsets)
 
     def _at_ends(self) -> None:
-        """Faust has no end-of-partition event: a topic-partition with nothing buffered is at its end
-        when the next offset to read reaches the high watermark of the last fetch."""
+        """Faust has no end-of-partition event. A topic-partition with nothing buffered is at its end
+        when the consumer's last fetch stood at the high watermark (its position is past transaction
+        markers and aborted records, which are never handed on) and every record it handed on has
+        reached the aligner (none still in Faust's queues or the inbox)."""
+        marks = bridge.fetched(self.app)
         for tp in self.assigned:
             if self.aligner.buffered(tp) or tp in self.aligner.at_end:
                 continue
-            nxt = self.aligner.next_offset.get(tp, self._start_pos.get(tp))
-            end = bridge.highwater(self.app, tp)
-            if nxt is not None and end is not None and nxt >= end:
+            mark = marks.get(tp)
+            if mark is None or mark.position < mark.end:
+                continue
+            seen = self.aligner.next_offset.get(tp)  # one past the last record taken in
+            if mark.last is None or (seen is not None and seen > mark.last):
                 self.aligner.end_reached(tp)
 
     def _export_lag(self) -> None:
+        marks = bridge.fetched(self.app)
         for tp in sorted(self.assigned):
-            nxt = self.aligner.next_offset.get(tp, self._start_pos.get(tp))
-            end = bridge.highwater(self.app, tp)
-            if nxt is not None and end is not None:
-                self.metrics.lag.labels(tp[0], str(tp[1])).set(max(0, end - nxt))
+            mark = marks.get(tp)
+            if mark is not None:
+                at = self.aligner.next_offset.get(tp, mark.position)
+                self.metrics.lag.labels(tp[0], str(tp[1])).set(max(0, mark.end - at))
 
     # -- rebalances and shutdown (event loop) --------------------------------------------------------
 
     async def _on_assigned(self, app: Any, assigned: Iterable[Any], **_: Any) -> None:
         tps = {(tp.topic, tp.partition) for tp in assigned if tp.topic in self.kinds}
         async with self._lock:
-            starts = {tp: await bridge.position(self.app, tp) for tp in tps - self.assigned}
-            self._start_pos.update({tp: o for tp, o in starts.items() if o is not None})
             self.assign(tps)
 
     async def _on_revoked(self, app: Any, revoked: Iterable[Any], **_: Any) -> None:
@@ -306,8 +317,9 @@ class AttributionAgents(Member):
             self._inbox = [(g, r) for g, r in self._inbox if (r.topic, r.partition) not in tps]
             self._drained.set()
             self._paused -= tps
-            for tp in tps:
-                self._start_pos.pop(tp, None)
+            marks = bridge.fetched(self.app)
+            for tp in tps:  # the next assignment starts from the committed offsets
+                marks.pop(tp, None)
 
     async def _on_shutdown(self, app: Any, **_: Any) -> None:
         self._stopping = True

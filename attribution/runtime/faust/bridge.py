@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import aiokafka
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.transport.drivers import aiokafka as driver
-from faust.types import TP
 
 from attribution.runtime.align import Tp
 
@@ -35,7 +34,47 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 100
 
 
+class FetchMark(NamedTuple):
+    """What the consumer knew of a topic-partition when it last handed records to Faust: the highest
+    offset handed on since the assignment (None: none yet), its fetch position (past skipped
+    transaction markers and aborted records) and the high watermark."""
+
+    last: int | None
+    position: int
+    end: int
+
+
 class AttributionConsumerThread(driver.AIOKafkaConsumerThread):
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        """Faust's fetch, noting per topic-partition what was handed on and where the fetch stands,
+        taken together on the consumer's thread (the agents read them for the end of a partition)."""
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        marks: dict[Tp, FetchMark] = cast(Any, self.app).attribution_fetched
+        assignment = consumer._subscription.subscription
+        assignment = assignment.assignment if assignment is not None else None
+        if assignment is None:
+            return records
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state is None or not state.has_valid_position or state.highwater is None:
+                continue
+            key = (tp.topic, tp.partition)
+            handed = records.get(tp)
+            before = marks.get(key)
+            last = before.last if before is not None else None
+            if handed:
+                last = max(last if last is not None else -1, handed[-1].offset)
+            marks[key] = FetchMark(last, state.position, state.highwater)
+        return records
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         wait_ms = getattr(self.app, "attribution_fetch_wait_ms", FETCH_WAIT_MS)
@@ -65,6 +104,7 @@ def install(app: Any, fetch_wait_ms: int) -> None:
     if not url.startswith(("kafka://", "aiokafka://")):
         raise ValueError(f"the attribution agents need Faust's aiokafka driver, not {url}")
     app.attribution_fetch_wait_ms = fetch_wait_ms
+    app.attribution_fetched = {}
     app.transport = AttributionTransport(app.conf.broker_consumer, app)
 
 
@@ -79,34 +119,22 @@ def commit(app: Any, offsets: dict[Tp, int], timeout_s: float = 60.0) -> bool:
     thread = _thread(app)
     wanted = {TopicPartition(t, p): OffsetAndMetadata(o, "") for (t, p), o in offsets.items()}
 
-    async def in_consumer_thread() -> None:
+    async def in_consumer_thread() -> bool:
         consumer = cast(aiokafka.AIOKafkaConsumer, thread._ensure_consumer())
-        owned = consumer.assignment()
-        await consumer.commit({tp: o for tp, o in wanted.items() if tp in owned})
+        owned = {tp: o for tp, o in wanted.items() if tp in consumer.assignment()}
+        if owned:  # none left (revoked meanwhile): nothing to commit
+            await consumer.commit(owned)
+        return bool(owned)
 
+    future = asyncio.run_coroutine_threadsafe(in_consumer_thread(), thread.thread_loop)
     try:
-        asyncio.run_coroutine_threadsafe(in_consumer_thread(), thread.thread_loop).result(timeout_s)
-    except KafkaError as exc:
-        log.warning("offsets not committed (%s); the batch will be re-read", exc)
+        return future.result(timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        future.cancel()
+        log.warning("offsets not committed (%s); the batch will be re-read", type(exc).__name__)
         return False
-    return True
 
 
-def highwater(app: Any, tp: Tp) -> int | None:
-    """The end of ``tp`` from the last fetch response (no broker round trip); None before one."""
-    consumer = _thread(app)._consumer
-    if consumer is None:
-        return None
-    try:
-        end = consumer.highwater(TopicPartition(*tp))
-    except Exception:  # not assigned (any more): unknown
-        return None
-    return cast(int | None, end)
-
-
-async def position(app: Any, tp: Tp) -> int | None:
-    """Where the consumer reads ``tp`` next (after Faust's seek to the committed offset)."""
-    try:
-        return cast(int | None, await app.consumer.position(TP(*tp)))
-    except Exception:  # revoked meanwhile: unknown
-        return None
+def fetched(app: Any) -> dict[Tp, FetchMark]:
+    """The fetch marks of the app's consumer (see ``FetchMark``), per topic-partition."""
+    return cast(dict[Tp, FetchMark], app.attribution_fetched)
