@@ -118,14 +118,6 @@ def redis_cluster_urls() -> Iterator[list[str]]:
         yield cluster.urls
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def any_redis(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(name, REDIS_URL) of a single valkey, then of the 3-master valkey cluster."""
-    if request.param == "cluster":
-        return "cluster", request.getfixturevalue("redis_cluster_urls")[0]
-    return "redis", request.getfixturevalue("redis_url")
-
-
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on `redis_url`, closed after the test."""
@@ -155,6 +147,23 @@ RUNTIMES = ["confluent", "faust"]
 def runtime(request: pytest.FixtureRequest) -> str:
     """The worker runtime of the test: the confluent-kafka batch worker, then the Faust agents."""
     return str(request.param)
+
+
+@pytest.fixture(
+    params=[("redis", "confluent"), ("cluster", "confluent"), ("redis", "faust")],
+    ids=["redis-confluent", "cluster-confluent", "redis-faust"],
+)
+def redis_and_runtime(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(name, REDIS_URL, runtime) for the long tests: each Redis flavour on the confluent worker, and
+    the Faust runtime on a single Redis (the runtimes share every Redis code path; a Redis Cluster
+    adds nothing a runtime does differently)."""
+    name, runtime = request.param
+    url = (
+        request.getfixturevalue("redis_cluster_urls")[0]
+        if name == "cluster"
+        else request.getfixturevalue("redis_url")
+    )
+    return name, url, runtime
 
 
 @pytest.fixture(scope="session", autouse=True)

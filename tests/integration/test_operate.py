@@ -214,23 +214,26 @@ def test_worker_survives_a_redis_outage_and_stays_exact(
     engine.put_settings(SHORT_WINDOWS)
     events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=8)
     half = len(events) // 2
-    tallies, convs = engine.reader("tallies"), engine.reader("conversions")
+    tallies, convs, dlq = engine.reader("tallies"), engine.reader("conversions"), engine.reader("dlq")
     worker = engine.worker()
     try:
         engine.produce(events[:half])
         convs.until(lambda recs: len(recs) > 10, timeout_s=60, what="first conversions")
         proxy.cut()
         engine.produce(events[half:])
+        engine.produce_raw("sends", b"outage-u", b"{not json")  # decoded in a cycle Redis fails
         # the outage lasts: the worker keeps trying again, with backoff, instead of exiting
         _wait(lambda: _served_redis_errors(port) >= 3 or not worker.alive(), "three Redis errors", 60)
         assert worker.alive(), engine.log_tail()
         proxy.restore()
         settled(engine, redis_url, tallies, convs)
         assert worker.alive(), engine.log_tail()
+        dlq.read_to_end()
     finally:
         worker.stop()
         engine.close()
     assert_exact(events, SHORT_WINDOWS, tallies, convs)
+    assert [d["raw"] for d in dlq.records] == ["{not json"], "dead-lettered once, after the outage"
 
 
 def _served_redis_errors(port: int) -> float:

@@ -52,10 +52,11 @@ def scenario(start_ms: int, span_ms: int, step_ms: int, per_step: int, seed: int
 
 
 @pytest.fixture
-def fresh_engine(kafka_bootstrap: str, any_redis: tuple[str, str], runtime: str) -> Iterator[Engine]:
-    """An engine of its own on a single Redis, then on a Redis Cluster; on each runtime."""
+def fresh_engine(kafka_bootstrap: str, redis_and_runtime: tuple[str, str, str]) -> Iterator[Engine]:
+    """An engine of its own on a single Redis and on a Redis Cluster, and on the Faust runtime."""
+    _, url, runtime = redis_and_runtime
     engine = Engine(
-        engine_config(kafka_bootstrap, any_redis[1], uuid.uuid4().hex[:8], batch_size=300, runtime=runtime)
+        engine_config(kafka_bootstrap, url, uuid.uuid4().hex[:8], batch_size=300, runtime=runtime)
     )
     yield engine
     engine.close()
@@ -125,7 +126,7 @@ def test_an_input_ending_in_a_transaction_marker_does_not_stall_a_restart(
     or their partners (the sends produced meanwhile) would wait for them for good."""
     engine = Engine(engine_config(kafka_bootstrap, redis_url, uuid.uuid4().hex[:8], runtime=runtime))
     engine.put_settings(SHORT_WINDOWS)
-    events = scenario(int(time.time() * 1000) - 2 * HOUR, 10 * 60_000, 1000, 6, seed=13)
+    events = scenario(int(time.time() * 1000) - 2 * HOUR, 5 * 60_000, 1000, 6, seed=13)
     half = len(events) // 2
     goals = [e for e in events[:half] if isinstance(e, Goal)]
     engine.produce([e for e in events[:half] if not isinstance(e, Goal)])

@@ -25,9 +25,9 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", str(max(12, EVENTS // 4000))))
 
 
 def test_soak_with_kills_and_rebalances_equals_the_reference(
-    kafka_bootstrap: str, any_redis: tuple[str, str], runtime: str
+    kafka_bootstrap: str, redis_and_runtime: tuple[str, str, str]
 ) -> None:
-    name, url = any_redis
+    name, url, runtime = redis_and_runtime
     seed = 20261123
     engine = Engine(
         engine_config(
