@@ -130,7 +130,7 @@ def faust_ceiling(config: Config, records: int) -> float:
             "CEILING_OUT": str(result),
         }
         subprocess.run(
-            [sys.executable, "-m", "attribution.devkit.faust_ceiling", "worker", "-l", "warn"],
+            [sys.executable, "-m", "attribution.devkit.faust_ceiling", "--quiet", "worker", "-l", "warn"],
             env=env,
             timeout=1800,
             check=False,

@@ -21,6 +21,7 @@ from attribution.infra.config import load_config
 config = load_config()
 app = faust.App(
     config.group_id,
+    datadir=str(Path(os.environ["CEILING_OUT"]).parent / "faust-data"),  # the bench removes it
     broker=f"kafka://{config.kafka_bootstrap_servers}",
     broker_session_timeout=config.session_timeout_ms / 1000,
     broker_heartbeat_interval=max(0.1, config.session_timeout_ms / 10_000),

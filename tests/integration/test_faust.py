@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -26,7 +27,9 @@ def faust_engine(kafka: str, redis_url: str, **overrides: object) -> Engine:
     return Engine(engine_config(kafka, redis_url, uuid.uuid4().hex[:8], runtime="faust", **overrides))
 
 
-def test_the_agents_mounted_into_an_app_with_its_own_agent(kafka_bootstrap: str, redis_url: str) -> None:
+def test_the_agents_mounted_into_an_app_with_its_own_agent(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
     engine = faust_engine(kafka_bootstrap, redis_url)
     echo_in, echo_out = f"{engine.config.topic_prefix}echo-in", f"{engine.config.topic_prefix}echo-out"
     admin = AdminClient(engine.config.kafka())
@@ -43,7 +46,12 @@ def test_the_agents_mounted_into_an_app_with_its_own_agent(kafka_bootstrap: str,
     with open(engine.new_log(), "wb") as log:
         app = subprocess.Popen(
             [sys.executable, "-m", "tests.support.faust_mounted", "worker", "--loglevel", "warn"],
-            env={**env_of(engine.config), "ECHO_IN": echo_in, "ECHO_OUT": echo_out},
+            env={
+                **env_of(engine.config),
+                "ECHO_IN": echo_in,
+                "ECHO_OUT": echo_out,
+                "FAUST_DATADIR": str(tmp_path / "faust-data"),
+            },
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -81,6 +89,7 @@ def test_exactly_once_is_refused_naming_the_setting(kafka_bootstrap: str, redis_
 
 
 def test_lost_state_stops_the_faust_worker_naming_the_way_out(kafka_bootstrap: str, redis_url: str) -> None:
+    data_dirs = set(Path.cwd().glob("*-data"))  # Faust's default data directory: <app id>-data
     engine = faust_engine(kafka_bootstrap, redis_url, state_check_ms=200)
     engine.put_settings(SHORT_WINDOWS)
     engine.produce(scenario(int(time.time() * 1000) - 2 * HOUR, 3 * 60_000, 1000, 6, seed=4))
@@ -103,3 +112,4 @@ def test_lost_state_stops_the_faust_worker_naming_the_way_out(kafka_bootstrap: s
         if worker.poll() is None:
             worker.kill()
         engine.close()
+    assert set(Path.cwd().glob("*-data")) == data_dirs, "the worker left a Faust data directory behind"

@@ -13,6 +13,7 @@ from attribution.runtime.faust import mount
 config = load_config()
 app = faust.App(
     config.group_id,  # the app's id is the consumer group of the inputs
+    datadir=os.environ["FAUST_DATADIR"],
     broker=f"kafka://{config.kafka_bootstrap_servers}",
     broker_session_timeout=6.0,  # the local broker: a join takes about half of it (see README)
     broker_heartbeat_interval=0.5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 from typing import Any, cast
 
 import faust
@@ -55,13 +56,15 @@ def credentials(config: Config) -> faust.types.auth.CredentialsT | None:
     return None
 
 
-def create_app(config: Config) -> faust.App:
+def create_app(config: Config, datadir: str) -> faust.App:
     """A Faust app whose consumer group is ATTRIBUTION_GROUP_ID, configured for the engine: no web
     server (the worker serves /metrics, /healthz and /readyz itself), no topic creation (``attribution
-    topics create`` owns the topics), no leader topic."""
+    topics create`` owns the topics), no leader topic; Faust's data directory (for tables, which the
+    engine has none of) is ``datadir``."""
     session_s = config.session_timeout_ms / 1000
     return faust.App(
         config.group_id,
+        datadir=datadir,
         broker=[f"kafka://{server.strip()}" for server in config.kafka_bootstrap_servers.split(",")],
         broker_credentials=credentials(config),
         broker_session_timeout=session_s,
@@ -107,20 +110,21 @@ def run_worker(config: Config) -> None:
         for name in ("faust", "mode", "aiokafka", "attribution.runtime.faust.bridge"):
             logging.getLogger(name).setLevel(logging.WARNING)
     agents = AttributionAgents(config)
-    app = create_app(config)
-    mount(app, config, agents)
-    worker = faust.Worker(
-        app,
-        loglevel=config.log_level,
-        override_logging=False,
-        quiet=True,
-        redirect_stdouts=False,
-    )
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        if agents.failure is None and exc.code not in (0, None):
-            raise
+    with tempfile.TemporaryDirectory(prefix="attribution-faust-") as datadir:
+        app = create_app(config, datadir)
+        mount(app, config, agents)
+        worker = faust.Worker(
+            app,
+            loglevel=config.log_level,
+            override_logging=False,
+            quiet=True,
+            redirect_stdouts=False,
+        )
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            if agents.failure is None and exc.code not in (0, None):
+                raise
     if agents.failure is not None:
         raise agents.failure
     if app.crash_reason is not None:  # a service of Faust's own (consumer, fetcher...) crashed
