@@ -4,6 +4,7 @@ a worker in a thread or a process, producing events and reading outputs with dea
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def env_of(config: Config) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTRIBUTION_", "KAFKA_", "REDIS_"))}
     env["KAFKA_BOOTSTRAP_SERVERS"] = config.kafka_bootstrap_servers
     env["REDIS_URL"] = config.redis_url.get_secret_value()
+    env["TMPDIR"] = WORKER_TMP
     for name in (
         "topic_prefix",
         "group_id",
@@ -71,10 +73,14 @@ def env_of(config: Config) -> dict[str, str]:
 
 #: every worker log file the tests created; the session removes them at its end (conftest)
 WORKER_LOGS: list[str] = []
+#: TMPDIR of the worker processes: a worker killed with SIGKILL leaves its temporary files (the Faust
+#: runtime's data directory) there, and the session removes it at its end
+WORKER_TMP = tempfile.mkdtemp(prefix="attribution-tests-")
 
 
 def remove_worker_logs() -> None:
     """At the end of the session; KEEP_WORKER_LOGS=1 keeps them (for a post-mortem)."""
+    shutil.rmtree(WORKER_TMP, ignore_errors=True)
     if os.environ.get("KEEP_WORKER_LOGS") == "1":
         return
     while WORKER_LOGS:
