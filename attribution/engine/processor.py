@@ -22,9 +22,10 @@ from attribution.core import web
 from attribution.core.model import Event, Identity, Located, Position, WebEvent
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import ProjectSettings, SettingsBook
-from attribution.core.user_state import decode_state, encode_state
+from attribution.core.user_state import UserState, decode_state, encode_state
 from attribution.errors import BadInput, StateConflict
-from attribution.state.base import Store
+from attribution.state.base import Loaded, Store
+from attribution.state.cache import UserCache
 from attribution.state.keys import Keys
 from attribution.state.ledger import Ledger, PartitionBatch
 
@@ -36,6 +37,7 @@ DECODERS: dict[str, Callable[[bytes], Event]] = {
     if t.role is Role.INPUT
 }
 CONFLICT_RETRIES = 3
+DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class Record(NamedTuple):
@@ -56,6 +58,7 @@ class EngineConfig:
     max_event_bytes: int = 64 * 1024
     identities: bool = True
     identity_window_ms: int | None = None  # None: each project's longest conversion window
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # decoded user states held between batches (0: none)
 
 
 @dataclass(slots=True)
@@ -82,7 +85,8 @@ class Processor:
         self.keys = keys
         self.settings = settings
         self.config = config
-        self.ledger = Ledger(store, keys, config.grace_ms + config.state_margin_ms)
+        self.cache = UserCache(config.cache_bytes)
+        self.ledger = Ledger(store, keys, config.grace_ms + config.state_margin_ms, self.cache)
 
     def process(self, records: Sequence[Record], now_ms: int | None = None) -> BatchResult:
         """Decode and apply a batch (dead letters for what cannot be decoded)."""
@@ -132,6 +136,14 @@ class Processor:
                 self._apply_groups(dict(items[:half]), result, now_ms)
                 self._apply_groups(dict(items[half:]), result, now_ms)
                 return
+
+    def _load(
+        self, where: Sequence[tuple[str, int]], partitions: Sequence[int], now_ms: int
+    ) -> tuple[dict[str, UserState | None], Loaded]:
+        """States known from the cache, and what Redis holds of the others (with the journal heads,
+        which say whether the cache may be trusted: ``Ledger.stale``)."""
+        cached = self.cache.lookup(where, now_ms)
+        return cached, self.store.load([k for k, _ in where if k not in cached], partitions)
 
     def _identity_window(self, settings: ProjectSettings | None) -> int | None:
         if not self.config.identities:
@@ -189,14 +201,15 @@ class Processor:
                     batch_max_ts[partition] = ts
         user_keys = [self.keys.user(project, user_key) for project, user_key in groups]
         partitions = sorted(batch_max_ts)
+        where = [(k, located[0].pos.partition) for k, located in zip(user_keys, groups.values(), strict=True)]
         started = time.perf_counter()
-        loaded = self.store.load(user_keys, partitions)
+        cached, loaded = self._load(where, partitions, now)
         stale = self.ledger.stale(loaded.journals)
         if stale:  # someone else's batch (or our torn one) comes first
             for p in stale:
                 self.ledger.recover(p, now)
             result.recovered += len(stale)
-            loaded = self.store.load(user_keys, partitions)
+            cached, loaded = self._load(where, partitions, now)  # the stale partitions' cache is gone
             if self.ledger.stale(loaded.journals):
                 raise StateConflict(f"input partitions {stale} are being written by another worker")
         result.redis_seconds["load"] = time.perf_counter() - started
@@ -210,11 +223,13 @@ class Processor:
         amount_missing: Counter[str] = Counter()
         poisoned: list[tuple[list[Located], str]] = []
         grace = self.config.grace_ms
+        margin = self.config.state_margin_ms
+        written: list[tuple[str, int, UserState, int, int]] = []  # for the cache, once durable
+        unwritten: list[str] = []  # states changed in memory that will not be written: forget them
         for key, ((project, user_key), located) in zip(user_keys, groups.items(), strict=True):
-            blob, _ = loaded.users[key]
             partition = located[0].pos.partition
             try:
-                state = decode_state(blob)
+                state = (cached[key] or UserState()) if key in cached else decode_state(loaded.users[key][0])
                 settings = self.settings.get(project)
                 out = user_rules.apply(
                     state,
@@ -237,6 +252,7 @@ class Processor:
                     located[0].pos.offset,
                 )
                 poisoned.append((located, f"processing failed ({type(exc).__name__}: {exc})"))
+                unwritten.append(key)
                 continue
             for k, n in out.outcomes.items():
                 outcomes[k] += n
@@ -247,14 +263,26 @@ class Processor:
             if out.identity:
                 routed.extend(out.identity)
             if out.changed:
-                ttl_ms = state.expires_ts - end_clock[partition] + self.config.state_margin_ms
+                ttl_ms = max(1, state.expires_ts - end_clock[partition] + margin)
+                blob = encode_state(state)
                 batch = batches[partition]
-                batch.users.append((key, encode_state(state), ttl_ms))
+                batch.users.append((key, blob, ttl_ms))
+                written.append((key, partition, state, len(blob), now + ttl_ms))
                 if out.campaigns or out.subscriptions:
                     batch.deltas[key] = [*out.campaigns.values(), *out.subscriptions]
+            else:  # a replay only: what it recomputed in memory is not written
+                unwritten.append(key)
 
         started = time.perf_counter()
-        self.ledger.commit([b for b in batches.values() if b.users], now)
+        cache = self.cache
+        try:
+            self.ledger.commit([b for b in batches.values() if b.users], now)
+        except BaseException:
+            cache.discard(user_keys)  # changed in memory, maybe not in Redis
+            raise
+        cache.discard(unwritten)
+        for key, partition, state, size, deadline in written:
+            cache.put(key, partition, state, size, deadline)
         result.redis_seconds["apply"] = time.perf_counter() - started
         result.conversions.extend(conversions)
         result.identity.extend(routed)

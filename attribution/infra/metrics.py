@@ -65,6 +65,13 @@ class Metrics:
             registry=r,
         )
         self.tallies = Counter("attribution_tallies_published", "Tally snapshots published", registry=r)
+        self.tally_seconds = Histogram(
+            "attribution_tally_publish_seconds",
+            "One round of the tally thread: read the dirty marks and counters, produce, wait for the "
+            "broker's acknowledgements, acknowledge the marks",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "attribution_batch_seconds",
             "Time to process one batch, by stage",
@@ -100,6 +107,23 @@ class Metrics:
             "Partition batches this worker finished before reading the partition (its own after a "
             "restart, or the previous owner's after a rebalance)",
             registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "attribution_user_cache_bytes",
+            "Estimated memory of the user states held between batches (ATTRIBUTION_CACHE_MB bounds it)",
+            registry=r,
+        )
+        self.cache_users = Gauge(
+            "attribution_user_cache_users", "User states held in memory between batches", registry=r
+        )
+        self.cache_lookups = Counter(
+            "attribution_user_cache_lookups",
+            "User states a batch needed: hit (in memory, or known to have no state) or miss (loaded)",
+            ["result"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "attribution_user_cache_evictions", "User states evicted to stay within the budget", registry=r
         )
         self.settings_version = Gauge(
             "attribution_settings_version", "Settings version in force", ["project"], registry=r

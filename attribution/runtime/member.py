@@ -20,7 +20,6 @@ from attribution.core.model import Located
 from attribution.core.outputs import DeadLetter
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.engine.processor import BatchResult, EngineConfig, Processor, Record
-from attribution.engine.tally_feed import TallyFeed
 from attribution.errors import BadSettings
 from attribution.infra.config import Config
 from attribution.infra.http import OpsServer
@@ -28,7 +27,8 @@ from attribution.infra.metrics import Metrics
 from attribution.runtime.align import Aligner, Tp
 from attribution.runtime.outputs import Outputs
 from attribution.runtime.settings_sync import SettingsFeed
-from attribution.runtime.telemetry import record_batch
+from attribution.runtime.tally_publisher import TallyPublisher
+from attribution.runtime.telemetry import record_batch, record_cache
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 
@@ -52,9 +52,10 @@ class Member:
             config.max_event_bytes,
             config.identities,
             config.identity_window_ms,
+            config.cache_mb << 20,
         )
         self.processor = Processor(self.store, self.keys, self.book, engine)
-        self.tally_feed = TallyFeed(self.store, self.keys, self.book)
+        self.tallies = TallyPublisher(config, self.keys, self.book, self.metrics)
         self.kinds = {config.topic(kind): kind for kind in INPUTS}
         self.aligner = Aligner(config.max_idle_ms, config.max_buffered, config.grace_ms)
         self.assigned: set[Tp] = set()
@@ -67,6 +68,7 @@ class Member:
         self.settings_kept = False
         self.batches = 0
         self._last_loop = time.monotonic()
+        self._cache_counted = [0, 0, 0]
 
     # -- the cycle -----------------------------------------------------------------------------------
 
@@ -121,10 +123,8 @@ class Member:
         committed = time.perf_counter()
         self.batches += 1
         record_batch(self.metrics, result, len(released), started, parsed, processed, produced, committed)
+        record_cache(self.metrics, self.processor.cache, self._cache_counted)
         return True
-
-    def publish_tallies(self, outputs: Outputs) -> None:
-        self.metrics.tallies.inc(outputs.publish_tallies(self.tally_feed))
 
     # -- assignment ----------------------------------------------------------------------------------
 
@@ -190,9 +190,8 @@ class Member:
 
     def healthy(self) -> tuple[bool, dict[str, object]]:
         stalled_s = time.monotonic() - self._last_loop
-        return stalled_s < max(30.0, 3 * self.config.session_timeout_ms / 1000), {
-            "loop_age_s": round(stalled_s, 3)
-        }
+        healthy = stalled_s < max(30.0, 3 * self.config.session_timeout_ms / 1000) and self.tallies.alive()
+        return healthy, {"loop_age_s": round(stalled_s, 3), "tallies_alive": self.tallies.alive()}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Ready means consuming: settings loaded, state generation checked, and the group joined

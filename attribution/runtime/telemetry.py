@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from attribution.engine.processor import BatchResult
 from attribution.infra.metrics import Metrics
+from attribution.state.cache import UserCache
 
 log = logging.getLogger(__name__)
 STAGES = ("parse", "process", "produce", "commit")
@@ -34,6 +35,18 @@ def record_batch(m: Metrics, result: BatchResult, n: int, *stamps: float) -> Non
         m.amount_missing.labels(event).inc(count)
     m.conflicts.inc(result.conflicts)
     m.recovered.inc(result.recovered)
+
+
+def record_cache(m: Metrics, cache: UserCache, counted: list[int]) -> None:
+    """The cache's size now, and its lookups and evictions since ``counted`` (updated in place)."""
+    m.cache_bytes.set(cache.used)
+    m.cache_users.set(len(cache.entries))
+    now = [cache.hits, cache.misses, cache.evictions]
+    hits, misses, evictions = (a - b for a, b in zip(now, counted, strict=True))
+    m.cache_lookups.labels("hit").inc(hits)
+    m.cache_lookups.labels("miss").inc(misses)
+    m.cache_evictions.inc(evictions)
+    counted[:] = now
 
 
 def export_lag(m: Metrics, consumer: Consumer, owned: Iterable[tuple[str, int]]) -> None:

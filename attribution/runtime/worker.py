@@ -116,11 +116,11 @@ class Worker(Member):
         )
         tune_gc()
         self.started = True
-        next_tally = time.monotonic()
         next_lag = time.monotonic() + LAG_EVERY_S
         next_check = time.monotonic() + cfg.state_check_ms / 1000
         failures = 0
         try:
+            self.tallies.start()
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
                 self.loop_alive()
@@ -132,10 +132,8 @@ class Worker(Member):
                     dead = self.settings_step(settings)
                     self._handle(messages, consumer, outputs, dead)
                     settings.dead_lettered(dead)
+                    self.tallies.check()
                     now = time.monotonic()
-                    if now >= next_tally:
-                        self.publish_tallies(outputs)
-                        next_tally = now + cfg.tally_interval_ms / 1000
                     if now >= next_check:
                         generation.verify(self.store, self.generation)
                         next_check = now + cfg.state_check_ms / 1000
@@ -156,11 +154,9 @@ class Worker(Member):
                     break
             if self.refused is not None:
                 raise self.refused
-            try:
-                self.publish_tallies(outputs)
-            except redis.RedisError as exc:  # the dirty marks stay: the next publisher sends them
-                log.warning("tallies not published at stop (Redis: %s)", exc)
+            self.tallies.stop(final=True)  # what the last batches marked dirty
         finally:
+            self.tallies.stop(final=False)
             self.started = False
             self.metrics.ready.set(0)
             outputs.abort()

@@ -30,6 +30,7 @@ from attribution.core.money import add, fmt
 from attribution.core.tally import CampaignDelta
 from attribution.errors import AttributionError, BadInput, LostState, StateConflict
 from attribution.state.base import CounterWrite, Journal, OpenBatch, Store, UserWrite
+from attribution.state.cache import UserCache
 from attribution.state.generation import REBUILD_HINT
 from attribution.state.keys import Keys, Subject
 
@@ -57,10 +58,12 @@ class PartitionBatch:
 class Ledger:
     """Knows the last batch this process finished per partition; see the module docstring."""
 
-    def __init__(self, store: Store, keys: Keys, mark_ttl_ms: int) -> None:
+    def __init__(self, store: Store, keys: Keys, mark_ttl_ms: int, cache: UserCache | None = None) -> None:
         self.store = store
         self.keys = keys
         self.mark_ttl_ms = mark_ttl_ms
+        # users held in memory, valid while the journal of their partition is the one we wrote last
+        self.cache = cache if cache is not None else UserCache(0)
         self.known: dict[int, int] = {}
         # partitions whose journal this process saw: it must never vanish (forget() keeps this)
         self.seen: set[int] = set()
@@ -77,17 +80,21 @@ class Ledger:
                         "(restart without persistence, flush, failover) or a rebuild wiped it; "
                         f"{REBUILD_HINT}"
                     )
+                if known is None:  # never written: no user of the partition has state
+                    self.cache.mark_complete(p)
                 self.known[p] = 0
             else:
                 self.seen.add(p)
                 if journal.seq != known:
                     out.append(p)
+        self.cache.drop_partitions(out)  # another writer (or our own torn batch) came in between
         return out
 
     def forget(self, partitions: Sequence[int]) -> None:
         """Partitions this process no longer owns: check their journal again before using them."""
         for p in partitions:
             self.known.pop(p, None)
+        self.cache.drop_partitions(partitions)
 
     def recover(self, partition: int, now_ms: int) -> int:
         """Finish the last batch opened on ``partition``; returns how many users it had reached."""

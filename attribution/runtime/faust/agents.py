@@ -37,7 +37,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from attribution.contract.topics import INPUTS
 from attribution.engine.processor import BatchResult, Record
-from attribution.errors import AttributionError, BadSettings, Unavailable
+from attribution.errors import BadSettings, Unavailable
 from attribution.infra.config import Config
 from attribution.infra.http import OpsServer
 from attribution.infra.metrics import Metrics
@@ -50,7 +50,7 @@ from attribution.runtime.settings_sync import SettingsFeed
 from attribution.state import generation
 
 log = logging.getLogger(__name__)
-TICK_S = 0.05  # a cycle without records this often: aligner idle releases, tallies, lag, state checks
+TICK_S = 0.05  # a cycle without records this often: aligner idle releases, lag, state checks
 LAG_EVERY_S = 5.0
 REDIS_BACKOFF = ExponentialWithJitterBackoff(cap=30.0, base=0.5)
 T = TypeVar("T")
@@ -84,7 +84,7 @@ class AttributionAgents(Member):
         self._retry_at = 0.0  # no cycle before (monotonic s): the backoff after a Redis error
         self._paused: set[Tp] = set()
         self._failures = 0
-        self._next_tally = self._next_lag = self._next_check = 0.0
+        self._next_lag = self._next_check = 0.0
 
     # -- mounting ------------------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ class AttributionAgents(Member):
         # Cycles run here, apart from the agent: while one is on the engine's thread, Faust keeps
         # delivering into the inbox, and the next cycle takes all of it (as the confluent worker's
         # consume takes what librdkafka prefetched). Without records, a cycle every TICK_S: idle
-        # releases, tallies, lag, state checks.
+        # releases, lag, state checks (tallies go out on their own thread: TallyPublisher).
         while not (self._stopping or self.failure is not None or self.app.should_stop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), TICK_S)
@@ -141,6 +141,7 @@ class AttributionAgents(Member):
             raise Unavailable(f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})") from None
         log.info("state generation %s", self.generation)
         self._outputs = Outputs(cfg, lambda: self._stopping)
+        self.tallies.start()
         self.started = True
 
     def _has_committed(self) -> bool:
@@ -243,10 +244,7 @@ class AttributionAgents(Member):
 
     def _cadence(self, now: float) -> None:
         cfg = self.config
-        assert self._outputs is not None
-        if now >= self._next_tally:
-            self.publish_tallies(self._outputs)
-            self._next_tally = now + cfg.tally_interval_ms / 1000
+        self.tallies.check()
         if now >= self._next_check:
             generation.verify(self.store, self.generation)
             self._next_check = now + cfg.state_check_ms / 1000
@@ -336,12 +334,8 @@ class AttributionAgents(Member):
         self.started = False
         self.metrics.ready.set(0)
         outputs, settings = self._outputs, self._settings
+        self.tallies.stop(final=self.failure is None)  # what the last batches marked dirty
         if outputs is not None:
-            if self.failure is None:
-                try:
-                    self.publish_tallies(outputs)
-                except (redis.RedisError, AttributionError) as exc:  # the dirty marks stay
-                    log.warning("tallies not published at stop (%s)", exc)
             outputs.abort()
             outputs.producer.flush(10)
         if settings is not None:
