@@ -7,7 +7,9 @@ would publish wrong counts. ``attribution rebuild`` replays the inputs into a fr
 
 A generation names the layout of the state it holds (``v<LAYOUT>-<id>``): a worker refuses state
 written in a layout it cannot read (an upgrade across a layout change needs a rebuild), instead of
-misreading it. Layout 1 (generations without a ``v`` prefix) kept user states in hashes.
+misreading it. Layout 1 (generations without a ``v`` prefix) kept user states in hashes; layout 2
+kept each as one string ``<fence>|<msgpack UserState>``; layout 3 keeps the same string with the
+compact wire form of ``attribution.core.user_state`` (ids once per user, times as deltas).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from attribution.errors import LostState
 from attribution.state.base import Store
 
 REBUILD_HINT = "stop the workers and run `attribution rebuild` (see README, Guarantees)"
-LAYOUT = 2  # bump whenever the meaning of a Redis key or value changes
+LAYOUT = 3  # bump whenever the meaning of a Redis key or value changes
 
 
 def new_generation() -> str:

@@ -476,10 +476,10 @@ def test_state_of_another_layout_is_refused_not_misread(store: RedisStore) -> No
     """Layout 1 kept user states in hashes; reading them as layout 2 strings would fail (WRONGTYPE) or
     misread them. A generation says its layout, so a worker stops with a way out instead."""
     assert store.init_generation("0123456789abcdef") == "0123456789abcdef"  # layout 1: no "v" prefix
-    with pytest.raises(LostState, match=r"layout 1 .* reads layout 2: .*attribution rebuild"):
+    with pytest.raises(LostState, match=r"layout 1 .* reads layout 3: .*attribution rebuild"):
         generation.establish(store, lambda: True)
     store.wipe()
-    assert generation.layout_of(generation.establish(store, lambda: False)) == generation.LAYOUT == 2
+    assert generation.layout_of(generation.establish(store, lambda: False)) == generation.LAYOUT == 3
 
 
 # --- the in-memory twin ----------------------------------------------------------------------------
@@ -526,7 +526,7 @@ def test_touch_project_republishes_every_campaign_of_the_project_with_a_new_vers
     versions = [int(h["version"]) for h in store.counters([x, y])]
     store.ack([(mx, versions[0], 1), (my, versions[1], 2)])
     assert store.dirty(10) == []
-    assert store.touch_project(keys.project_campaigns(PROJECT), 5) == 2
+    assert store.touch_project(keys.project_campaigns(PROJECT), 5) == 3
     assert sorted(store.dirty(10)) == sorted([mx, my])
     assert all(int(h["version"]) > v for h, v in zip(store.counters([x, y]), versions, strict=True))
     assert store.touch_project(keys.project_campaigns("another"), 6) == 0
