@@ -1,4 +1,5 @@
-"""The ``attribution`` command (click): worker, topics, settings, tally, rebuild, demo, bench.
+"""The ``attribution`` command (click): worker, serve, topics, settings, tally, rebuild; the developer's
+commands (demo, bench) are in ``attribution.cli_dev``, registered on the same group.
 
 Commands import what they need when they run, so ``attribution --help`` stays fast and light.
 """
@@ -19,6 +20,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from attribution import __version__
+from attribution.cli_dev import bench, demo
 from attribution.errors import AttributionError, BadSettings
 from attribution.infra.config import mask_url
 
@@ -344,85 +346,8 @@ def rebuild(since: str, yes: bool, force: bool) -> None:
     click.echo(orjson.dumps(run_rebuild(_config(), since, force)).decode())
 
 
-@cli.command(epilog="`make run` runs this. Example:\n\n\b\n  attribution demo --rate 500 --duration 60")
-@click.option("--rate", type=click.IntRange(1), default=300, help="Demo input events per second.")
-@click.option(
-    "--duration", type=click.FloatRange(0), default=0, help="Stop after this many seconds (0: Ctrl-C)."
-)
-@click.option("--partitions", type=click.IntRange(1), default=4, help="Partitions of the demo topics.")
-def demo(rate: int, duration: float, partitions: int) -> None:
-    """Embedded broker and Redis (unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set), topics,
-    demo settings, a worker, demo traffic and live tallies."""
-    from attribution.devkit.demo import run_demo
-
-    code = run_demo(rate=rate, duration_s=duration, partitions=partitions)
-    if code:
-        raise click.exceptions.Exit(code)
-
-
-@cli.command(
-    epilog="`make bench` runs this. Quick run:\n\n\b\n  attribution bench --scale 0.1 --latency-seconds 5"
-)
-@click.option(
-    "--scale", type=click.FloatRange(0, min_open=True), default=1.0, help="Backlog size; 1.0 = 1M sends."
-)
-@click.option("--latency-rate", type=click.IntRange(1), default=20_000, help="Events/s of the latency load.")
-@click.option(
-    "--latency-seconds", type=click.FloatRange(0), default=30.0, help="Duration of the latency load."
-)
-@click.option("--naive-events", type=click.IntRange(1), default=20_000, help="Events of the naive baseline.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench-results.json"))
-@click.option(
-    "--rss-seconds", type=click.FloatRange(0), default=0, help="Also sample a worker's RSS this long."
-)
-@click.option("--rss-rate", type=click.IntRange(1), default=2_500, help="Events/s of the RSS run.")
-@click.option("--rss-only", is_flag=True, help="Only the RSS run (needs --rss-seconds).")
-@click.option("--api-only", is_flag=True, help="Only the API bench: serve's latency under load.")
-@click.option("--api-campaigns", type=click.IntRange(1), default=1_000, help="Campaigns of the API bench.")
-@click.option("--api-clients", type=click.IntRange(1, 64), default=8, help="Concurrent API clients.")
-@click.option("--api-seconds", type=click.FloatRange(1, 600), default=20.0, help="Duration of the API load.")
-@click.option(
-    "--runtime-rate",
-    type=click.IntRange(0),
-    default=2_000,
-    help="Both runtimes side by side as worker processes (a quarter of the backlog, then the latency "
-    "at this many events/s); 0 skips them.",
-)
-def bench(
-    scale: float,
-    latency_rate: int,
-    latency_seconds: float,
-    naive_events: int,
-    out: Path,
-    rss_seconds: float,
-    rss_rate: int,
-    rss_only: bool,
-    api_only: bool,
-    api_campaigns: int,
-    api_clients: int,
-    api_seconds: float,
-    runtime_rate: int,
-) -> None:
-    """Throughput, latency and memory in one run; writes bench-results.json."""
-    from attribution.devkit.bench import run_bench
-
-    if api_only:
-        from attribution.devkit.bench_api import run_api_bench
-
-        run_api_bench(api_campaigns, api_clients, api_seconds, out)
-        return
-
-    if rss_only and not rss_seconds:
-        raise click.UsageError("--rss-only needs --rss-seconds")
-    run_bench(
-        scale,
-        latency_rate,
-        latency_seconds,
-        naive_events,
-        out,
-        rss=(rss_seconds, rss_rate, rss_only),
-        runtime_rate=runtime_rate,
-    )
+cli.add_command(demo)
+cli.add_command(bench)
 
 
 if __name__ == "__main__":
