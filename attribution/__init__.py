@@ -1,6 +1,12 @@
 """Streaming conversion attribution: sends/clicks x goals joined in Redis, exact per-campaign tallies."""
 
-from attribution.errors import (
+# First: whether the mypyc-compiled rules or their .py sources run (attribution.compiled.BUILD says
+# which), decided before any of those modules can be imported.
+from attribution.compiled import select as _select_build
+
+_select_build()
+
+from attribution.errors import (  # noqa: E402
     AttributionError,
     BadInput,
     BadSettings,

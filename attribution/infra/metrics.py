@@ -12,7 +12,7 @@ from prometheus_client import (
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from attribution import __version__
+from attribution import __version__, compiled
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -27,8 +27,8 @@ class Metrics:
         # default registry; several workers in one process (tests) each get their own
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        Info("attribution_build", "Version and runtime of this worker", registry=r).info(
-            {"version": __version__, "runtime": runtime}
+        Info("attribution_build", "Version, runtime and build of this worker", registry=r).info(
+            {"version": __version__, "runtime": runtime, "build": compiled.BUILD}
         )
         self.ready = Gauge(
             "attribution_ready",

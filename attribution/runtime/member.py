@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from attribution import __version__, compiled
 from attribution.contract.topics import INPUTS
 from attribution.core.model import Located
 from attribution.core.outputs import DeadLetter
@@ -69,6 +70,7 @@ class Member:
         self.batches = 0
         self._last_loop = time.monotonic()
         self._cache_counted = [0, 0, 0]
+        log.info("attribution %s, %s runtime, %s build", __version__, config.runtime, compiled.BUILD)
 
     # -- the cycle -----------------------------------------------------------------------------------
 
