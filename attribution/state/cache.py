@@ -19,6 +19,7 @@ evicted first.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from attribution.core.user_state import UserState
@@ -35,7 +36,9 @@ class UserCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self.entries: dict[str, tuple[int, UserState, int, int]] = {}  # insertion order: LRU first
+        # least recently written first (an OrderedDict: popping the oldest is O(1), where a dict's
+        # first key gets slower to find as deleted slots pile up at its front)
+        self.entries: OrderedDict[str, tuple[int, UserState, int, int]] = OrderedDict()
         self.complete: set[int] = set()
         self.hits = 0
         self.misses = 0
@@ -72,15 +75,17 @@ class UserCache:
         if not self.enabled:
             return
         size = ENTRY_OVERHEAD + DECODED_PER_ENCODED * encoded_bytes
-        old = self.entries.pop(key, None)
+        entries = self.entries
+        old = entries.get(key)
         if old is not None:
             self.used -= old[2]
-        self.entries[key] = (partition, state, size, deadline_ms)
+            entries.move_to_end(key)
+        entries[key] = (partition, state, size, deadline_ms)
         self.used += size
-        while self.used > self.max_bytes and self.entries:
-            first = next(iter(self.entries))
-            self.complete.discard(self.entries[first][0])
-            self._remove(first)
+        while self.used > self.max_bytes and entries:
+            _, evicted = entries.popitem(last=False)
+            self.used -= evicted[2]
+            self.complete.discard(evicted[0])
             self.evictions += 1
 
     def discard(self, keys: Iterable[str]) -> None:
