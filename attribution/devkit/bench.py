@@ -11,14 +11,15 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from attribution.core.rules import SettingsBook, parse_settings
+from attribution.devkit.bench_latency import latency
+from attribution.devkit.bench_latency import render as latency_rows
 from attribution.devkit.bench_links import identity_backlog
 from attribution.devkit.bench_load import SETTINGS, Shape, backlog, ceiling, fresh, produce
 from attribution.devkit.bench_memory import by_servers, touch_memory, used_memory
@@ -35,7 +36,6 @@ from attribution.devkit.bench_scale import (
     users_curve,
 )
 from attribution.devkit.demo import services
-from attribution.devkit.traffic import Traffic
 from attribution.engine.processor import EngineConfig, Processor, Record
 from attribution.infra.config import Config, load_config
 from attribution.runtime.worker import Worker
@@ -106,84 +106,12 @@ def _naive(config: Config, records: list[tuple[str, bytes, bytes]]) -> float:
     keys = Keys(config.redis_prefix + "-naive")
     store = RedisStore.from_url(config.redis_url.get_secret_value(), keys, config.tally_ttl_ms)
     processor = Processor(
-        store, keys, SettingsBook([parse_settings(SETTINGS)]), EngineConfig(config.grace_ms)
+        store, keys, SettingsBook([parse_settings(SETTINGS)]), EngineConfig(config.grace_ms, cache_bytes=0)
     )
     started = time.perf_counter()
     for offset, (kind, key, value) in enumerate(records):
         processor.process([Record(kind, kind, 0, offset, key, value)])
     return len(records) / (time.perf_counter() - started)
-
-
-def _in_thread(config: Config) -> Callable[[], None]:
-    """The confluent worker in a thread, once it has joined its group; returns the way to stop it."""
-    worker = Worker(config)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    while not worker.assigned:
-        time.sleep(0.01)
-
-    def stop() -> None:
-        worker.stop()
-        thread.join(60)
-
-    return stop
-
-
-def _latency(
-    config: Config, rate: int, seconds: float, start: Callable[[Config], Callable[[], None]] = _in_thread
-) -> dict[str, float]:
-    """Goal-to-tally latency under a steady load: tally receive time minus its as_of_ts (event time = now)."""
-    stop_worker = start(config)
-    reader = Consumer(  # the reader must not add latency of its own: fetches answered at once
-        config.kafka(
-            {
-                "group.id": f"lat-{uuid.uuid4().hex[:6]}",
-                "auto.offset.reset": "latest",
-                "session.timeout.ms": 6000,
-                "fetch.wait.max.ms": 5,
-            }
-        )
-    )
-    reader.subscribe([config.topic("tallies")])
-    while not reader.assignment():
-        reader.consume(100, 0.1)
-    stop = threading.Event()
-    producer = Producer(config.kafka({"linger.ms": 2}))
-    traffic = Traffic(seed=9, users=50_000, project=SETTINGS["project_id"])
-
-    def load() -> None:
-        tick = 0.02
-        while not stop.is_set():
-            for kind, key, value in traffic.events(int(time.time() * 1000), int(rate * tick)):
-                producer.produce(config.topic(kind), key=key.encode(), value=orjson.dumps(value))
-            producer.poll(0)
-            stop.wait(tick)
-
-    loader = threading.Thread(target=load, daemon=True)
-    loader.start()
-    samples: list[float] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for m in reader.consume(1000, 0.1):
-            if m.error() is None and m.value():
-                samples.append(time.time() * 1000 - orjson.loads(m.value() or b"{}")["as_of_ts"])
-    stop.set()
-    loader.join(5)
-    reader.close()
-    stop_worker()
-    samples.sort()
-
-    def pick(q: float) -> float:
-        return round(samples[min(len(samples) - 1, int(q * len(samples)))], 1) if samples else 0.0
-
-    return {
-        "p50_ms": pick(0.5),
-        "p99_ms": pick(0.99),
-        "max_ms": pick(1.0),
-        "samples": len(samples),
-        "rate": rate,
-        "tally_interval_ms": config.tally_interval_ms,
-    }
 
 
 def run_bench(
@@ -233,14 +161,14 @@ def run_bench(
         preset = "KAFKA_FETCH_WAIT_MAX_MS" in os.environ  # an operator's own value wins
         wait_ms = int(os.environ.setdefault("KAFKA_FETCH_WAIT_MAX_MS", str(LATENCY_FETCH_WAIT_MS)))
         try:
-            res["latency"] = _latency(fresh(base, tally_interval_ms=20), latency_rate, latency_s)
+            res["latency"] = latency(fresh(base, tally_interval_ms=20), latency_rate, latency_s)
             if runtime_rate:  # a quarter of the backlog, and a load the Faust runtime keeps up with
                 res["runtimes"] = side_by_side(
                     lambda **extra: fresh(base, **extra),
                     records[: max(1, total // 4)],
                     produce,
                     _caught_up,
-                    lambda config, start: _latency(config, runtime_rate, latency_s, start),
+                    lambda config, start: latency(config, runtime_rate, latency_s, start),
                 )
         finally:
             if not preset:
@@ -380,6 +308,7 @@ def render(r: dict[str, Any]) -> str:
             f"max {lat['max_ms']} ms ({lat['samples']} tallies, interval {lat['tally_interval_ms']} ms, "
             f"fetch wait {lat.get('fetch_wait_ms', 100)} ms)",
         ),
+        *latency_rows(lat),
         ("redis memory per live touch", f"{mem['bytes_per_touch']} B ({mem['live_touches']:,} touches)"),
         *(runtime_rows(r["runtimes"]) if "runtimes" in r else []),
         *memory_rows(r["memory_servers"]),
