@@ -29,7 +29,7 @@ from attribution.runtime.align import Aligner, Tp
 from attribution.runtime.outputs import Outputs
 from attribution.runtime.settings_sync import SettingsFeed
 from attribution.runtime.tally_publisher import TallyPublisher
-from attribution.runtime.telemetry import record_batch, record_cache
+from attribution.runtime.telemetry import GcPacer, record_batch, record_cache
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
 
@@ -70,6 +70,7 @@ class Member:
         self.batches = 0
         self._last_loop = time.monotonic()
         self._cache_counted = [0, 0, 0]
+        self.gc = GcPacer()
         log.info("attribution %s, %s runtime, %s build", __version__, config.runtime, compiled.BUILD)
 
     # -- the cycle -----------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class Member:
         self.batches += 1
         record_batch(self.metrics, result, len(released), started, parsed, processed, produced, committed)
         record_cache(self.metrics, self.processor.cache, self._cache_counted)
+        self.gc.settle()
         return True
 
     # -- assignment ----------------------------------------------------------------------------------
