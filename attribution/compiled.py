@@ -36,6 +36,7 @@ from typing import Final
 #   longer swap `user.apply` for a failing one (tests/unit/test_poison.py), and it measured no faster.
 COMPILED: Final = (
     "attribution.core.money",
+    "attribution.core.state_codec",
     "attribution.core.web",
     "attribution.core.items",
     "attribution.core.credit",

@@ -2,7 +2,7 @@
 
 Compact on purpose: a touch stores its (channel, basis) as one small int, structs are arrays
 (``array_like``) and untracked by the garbage collector (``gc=False``: they never form cycles).
-In Redis a state takes the wire form ``_Wire`` (state layout 3): each id once per user, touches
+In Redis a state takes the wire form ``Wire`` (state layout 3): each id once per user, touches
 referring to them by index, times as deltas; ``encode_state`` / ``decode_state`` convert exactly.
 """
 
@@ -123,7 +123,7 @@ PERM_NONE, PERM_ON, PERM_OFF = 0, 1, 2
 class UserState(msgspec.Struct, array_like=True, gc=False):
     """Everything kept for one user key; serialised as one msgpack blob in Redis.
 
-    New fields go at the end with a default, here and in ``_Wire`` (with its conversion in
+    New fields go at the end with a default, here and in ``Wire`` (with its conversion in
     ``encode_state`` / ``decode_state``): a blob written before them still decodes."""
 
     fences: dict[str, int] = msgspec.field(default_factory=dict)
@@ -155,7 +155,7 @@ class UserState(msgspec.Struct, array_like=True, gc=False):
     withdrawn: list[Withdrawn] = msgspec.field(default_factory=list)
 
 
-class _Wire(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+class Wire(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """Layout 3: a UserState as stored, each id once per user and times as small deltas.
 
     ``strs`` holds each campaign, message, device, goal/event name, basis and channel of the user once;
@@ -191,156 +191,6 @@ class _Wire(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     withdrawn: list[Withdrawn] = []
 
 
-_NK = len(KINDS)  # a touch's campaign and kind share one int: campaign * _NK + kind (kind < _NK)
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Wire)
-
-
-def encode_state(state: UserState) -> bytes:
-    """The state as stored in Redis (layout 3, ``_Wire``); ``decode_state`` gives it back exactly."""
-    # plain loops: for the few items of a user they beat building columns with map/zip
-    ids: dict[str, int] = {}
-    ref = ids.setdefault  # ref(s, len(ids)): the index of s, appended when new
-    exp = state.expires_ts
-    touches: list[Any] = []
-    for t in state.touches:
-        touches += (
-            ref(t.campaign, len(ids)) * _NK + t.kind,
-            t.ts - exp,
-            t.event_id,
-            ref(t.message_id, len(ids)),
-            ref(t.device_id, len(ids)),
-        )
-    reached: list[int] = []
-    for campaign, n in state.reached.items():
-        reached += (ref(campaign, len(ids)), n)
-    links_out: list[int] = []
-    for device, times in state.links_out.items():
-        links_out += (ref(device, len(ids)), len(times))
-        links_out += [ts - exp for ts in times]
-    links_sent: list[int] = []
-    for device, ts in state.links_sent.items():
-        links_sent += (ref(device, len(ids)), ts - exp)
-    goals: list[Any] = []
-    for g in state.goals:
-        goals += (
-            ref(g.name, len(ids)),
-            g.ts - exp,
-            g.event_id,
-            ref(g.device_id, len(ids)),
-            g.amount,
-            g.currency,
-        )
-    credits: list[Any] = []
-    for c in state.credits:
-        credits += (
-            ref(c.campaign, len(ids)),
-            ref(c.event, len(ids)),
-            ref(c.basis, len(ids)),
-            c.goal_ts - exp,
-            c.goal_event_id,
-            ref(c.device_id, len(ids)),
-            c.touch_ts - exp,
-            c.touch_event_id,
-            ref(c.message_id, len(ids)),
-            ref(c.channel, len(ids)),
-            c.amount,
-            c.currency,
-        )
-    return _encoder.encode(
-        _Wire(
-            list(ids),
-            exp,
-            touches,
-            reached,
-            links_out,
-            links_sent,
-            state.fences,
-            goals,
-            credits,
-            state.settings_version,
-            state.failed,
-            state.marks,
-            state.visit_ts,
-            state.perm,
-            state.perm_ts,
-            state.perm_id,
-            state.bucket,
-            state.sessions,
-            state.links,
-            state.lent,
-            state.shared,
-            state.pinned,
-            state.withdrawn,
-        )
-    )
-
-
-def decode_state(blob: bytes | None) -> UserState:
-    """The state ``encode_state`` wrote (an empty one for a missing key)."""
-    if not blob:
-        return UserState()
-    w = _decoder.decode(blob)
-    s, exp = w.strs, w.expires_ts
-    f = w.touches
-    touches = [
-        Touch(s[ck // _NK], ck % _NK, dt + exp, e, s[m], s[d])
-        for ck, dt, e, m, d in zip(f[::5], f[1::5], f[2::5], f[3::5], f[4::5], strict=True)
-    ]
-    f = w.reached
-    reached = {s[k]: n for k, n in zip(f[::2], f[1::2], strict=True)}
-    links_out: dict[str, list[int]] = {}
-    f, i, end = w.links_out, 0, len(w.links_out)
-    while i < end:
-        j = i + 2 + f[i + 1]
-        links_out[s[f[i]]] = [dt + exp for dt in f[i + 2 : j]]
-        i = j
-    f = w.links_sent
-    links_sent = {s[d]: dt + exp for d, dt in zip(f[::2], f[1::2], strict=True)}
-    f = w.goals
-    goals = [
-        GoalMark(s[n], dt + exp, e, s[d], a, c)
-        for n, dt, e, d, a, c in zip(f[::6], f[1::6], f[2::6], f[3::6], f[4::6], f[5::6], strict=True)
-    ]
-    f = w.credits
-    credits = [
-        Credit(
-            s[f[i]],
-            s[f[i + 1]],
-            s[f[i + 2]],
-            f[i + 3] + exp,
-            f[i + 4],
-            s[f[i + 5]],
-            f[i + 6] + exp,
-            f[i + 7],
-            s[f[i + 8]],
-            s[f[i + 9]],
-            f[i + 10],
-            f[i + 11],
-        )
-        for i in range(0, len(f), 12)
-    ]
-    return UserState(
-        w.fences,
-        touches,
-        goals,
-        w.failed,
-        reached,
-        credits,
-        exp,
-        w.settings_version,
-        w.marks,
-        w.visit_ts,
-        w.perm,
-        w.perm_ts,
-        w.perm_id,
-        w.bucket,
-        w.sessions,
-        w.links,
-        w.lent,
-        links_out,
-        links_sent,
-        w.shared,
-        w.pinned,
-        w.withdrawn,
-    )
+_decoder = msgspec.msgpack.Decoder(Wire)
+encode_wire = msgspec.msgpack.Encoder().encode
+decode_wire = _decoder.decode

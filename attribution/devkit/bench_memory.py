@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from attribution.core.rules import SettingsBook, parse_settings
-from attribution.core.user_state import decode_state
+from attribution.core.state_codec import decode_state
 from attribution.devkit import embedded
 from attribution.devkit.bench_load import SETTINGS, Record, by_event_time
 from attribution.engine.processor import EngineConfig, Processor

@@ -22,7 +22,8 @@ from attribution.core import web
 from attribution.core.model import Event, Identity, Located, Position, WebEvent
 from attribution.core.outputs import Conversion, DeadLetter, dead_letter
 from attribution.core.rules import ProjectSettings, SettingsBook
-from attribution.core.user_state import UserState, decode_state, encode_state
+from attribution.core.state_codec import decode_state, encode_state
+from attribution.core.user_state import UserState
 from attribution.errors import BadInput, StateConflict
 from attribution.state.base import Loaded, Store
 from attribution.state.cache import UserCache

@@ -11,7 +11,7 @@ key                                         type    contents
 ``<prefix>:u:{<project>|<user_key>}``       string  ``<fence>|<msgpack UserState>``: the batch fence
                                                     ``<partition>:<seq>`` (``-`` appended when that
                                                     batch was aborted for this user), then the state
-                                                    in its wire form (layout 3, ``user_state._Wire``:
+                                                    in its wire form (layout 3, ``user_state.Wire``:
                                                     each id once per user, times as deltas);
                                                     TTL in event time (see ``attribution.core.user``).
                                                     A string, not a hash: a state blob is longer than

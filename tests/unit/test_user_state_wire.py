@@ -6,6 +6,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attribution.core.state_codec import decode_state, encode_state
 from attribution.core.user_state import (
     KINDS,
     Credit,
@@ -18,8 +19,6 @@ from attribution.core.user_state import (
     Touch,
     UserState,
     Withdrawn,
-    decode_state,
-    encode_state,
 )
 
 # ids drawn from a few values so that users share them (the string table), plus any text
