@@ -163,8 +163,8 @@ def render(lat: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "  around the cycle (ms)",
-            f"tally round {t['mean']} / {t['p99_le']}, tally tick wait ~{b['tally_tick_wait_mean']}, "
-            f"fetch hold <= {lat.get('fetch_wait_ms', '?')}, load tick ~{b['load_tick_wait_mean']}, "
+            f"tally round {t['mean']} / {t['p99_le']}, tally tick wait ~{b['tally_tick_wait_mean_ms']}, "
+            f"fetch hold <= {lat.get('fetch_wait_ms', '?')}, load tick ~{b['load_tick_wait_mean_ms']}, "
             f"reader fetch <= {b['reader_fetch_wait_max_ms']}",
         ),
     ]

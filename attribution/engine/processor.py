@@ -38,7 +38,6 @@ DECODERS: dict[str, Callable[[bytes], Event]] = {
     if t.role is Role.INPUT
 }
 CONFLICT_RETRIES = 3
-DEFAULT_CACHE_BYTES = 64 << 20
 
 
 class Record(NamedTuple):
@@ -59,7 +58,7 @@ class EngineConfig:
     max_event_bytes: int = 64 * 1024
     identities: bool = True
     identity_window_ms: int | None = None  # None: each project's longest conversion window
-    cache_bytes: int = DEFAULT_CACHE_BYTES  # decoded user states held between batches (0: none)
+    cache_bytes: int = 0  # user states held in memory between batches (the worker: ATTRIBUTION_CACHE_MB)
 
 
 @dataclass(slots=True)
@@ -139,11 +138,11 @@ class Processor:
                 return
 
     def _load(
-        self, where: Sequence[tuple[str, int]], partitions: Sequence[int], now_ms: int
+        self, where: Sequence[tuple[str, int]], partitions: Sequence[int]
     ) -> tuple[dict[str, UserState | None], Loaded]:
         """States known from the cache, and what Redis holds of the others (with the journal heads,
         which say whether the cache may be trusted: ``Ledger.stale``)."""
-        cached = self.cache.lookup(where, now_ms)
+        cached = self.cache.lookup(where)
         return cached, self.store.load([k for k, _ in where if k not in cached], partitions)
 
     def _identity_window(self, settings: ProjectSettings | None) -> int | None:
@@ -204,13 +203,13 @@ class Processor:
         partitions = sorted(batch_max_ts)
         where = [(k, located[0].pos.partition) for k, located in zip(user_keys, groups.values(), strict=True)]
         started = time.perf_counter()
-        cached, loaded = self._load(where, partitions, now)
+        cached, loaded = self._load(where, partitions)
         stale = self.ledger.stale(loaded.journals)
         if stale:  # someone else's batch (or our torn one) comes first
             for p in stale:
                 self.ledger.recover(p, now)
             result.recovered += len(stale)
-            cached, loaded = self._load(where, partitions, now)  # the stale partitions' cache is gone
+            cached, loaded = self._load(where, partitions)  # the stale partitions' cache is gone
             if self.ledger.stale(loaded.journals):
                 raise StateConflict(f"input partitions {stale} are being written by another worker")
         result.redis_seconds["load"] = time.perf_counter() - started
@@ -268,7 +267,7 @@ class Processor:
                 blob = encode_state(state)
                 batch = batches[partition]
                 batch.users.append((key, blob, ttl_ms))
-                written.append((key, partition, state, len(blob), now + ttl_ms))
+                written.append((key, partition, state, len(blob), ttl_ms))
                 if out.campaigns or out.subscriptions:
                     batch.deltas[key] = [*out.campaigns.values(), *out.subscriptions]
             else:  # a replay only: what it recomputed in memory is not written
@@ -282,8 +281,8 @@ class Processor:
             cache.discard(user_keys)  # changed in memory, maybe not in Redis
             raise
         cache.discard(unwritten)
-        for key, partition, state, size, deadline in written:
-            cache.put(key, partition, state, size, deadline)
+        for key, partition, state, size, ttl_ms in written:
+            cache.put(key, partition, state, size, ttl_ms)
         result.redis_seconds["apply"] = time.perf_counter() - started
         result.conversions.extend(conversions)
         result.identity.extend(routed)

@@ -7,8 +7,9 @@ never waits behind a batch, and a batch never waits behind a publication. A snap
 (the newest version wins on the compacted topic), so tallies need no transaction even in
 exactly-once mode: they go out on a plain producer.
 
-A Redis or broker error is logged and retried at the next tick (the marks stay until acknowledged);
-anything else stops the thread, and the worker stops with it (``check``).
+A Redis or broker error is logged and retried with a backoff (the marks stay until acknowledged);
+Redis refusing the worker's credentials, or anything unexpected, stops the thread, and the worker
+stops with it (``check``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import threading
 import time
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
 
 from attribution.core.rules import SettingsBook
 from attribution.engine.tally_feed import TallyFeed
-from attribution.errors import AttributionError
+from attribution.errors import AttributionError, BadSettings
 from attribution.infra.config import Config
 from attribution.infra.metrics import Metrics
 from attribution.runtime.outputs import Outputs
@@ -30,6 +32,8 @@ from attribution.state.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 JOIN_S = 60.0
+# after the n-th failed round in a row: wait up to min(30, 0.5 * 2**n) s (full jitter) before the next
+BACKOFF = ExponentialWithJitterBackoff(cap=30.0, base=0.5)
 
 
 class TallyPublisher:
@@ -59,14 +63,24 @@ class TallyPublisher:
 
     def check(self) -> None:
         """Raise what stopped the thread, on the processing thread: the worker stops with it."""
-        if self.failure is not None:
-            raise AttributionError(f"the tally publisher stopped: {self.failure!r}") from self.failure
+        failure = self.failure
+        if isinstance(failure, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+            raise BadSettings("REDIS_URL", f"Redis refused the tally publisher: {failure}") from None
+        if failure is not None:
+            raise AttributionError(f"the tally publisher stopped: {failure!r}") from failure
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     def stop(self, final: bool = True) -> None:
         """Stop the thread; with ``final``, publish what is still dirty first (the batches are done)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(JOIN_S)
+            if self._thread.is_alive():  # stuck on a broker that is down: leave it its clients
+                log.warning("the tally thread did not stop within %.0f s; its marks stay", JOIN_S)
+                return
         outputs, store = self._outputs, self._store
         try:
             if final and outputs is not None and store is not None and self.failure is None:
@@ -91,15 +105,24 @@ class TallyPublisher:
 
     def _run(self) -> None:
         interval_s = self.config.tally_interval_ms / 1000
-        while not self._stop.wait(interval_s):
+        wait_s, failures = interval_s, 0
+        while not self._stop.wait(wait_s):
             try:
                 self._publish()
+                wait_s, failures = interval_s, 0
+                continue
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+                self.failure = exc  # a setting to fix (REDIS_URL), not an outage to wait out
+                return
             except redis.RedisError as exc:
                 self.metrics.redis_errors.labels(type(exc).__name__).inc()
-                log.warning("tallies not published (Redis: %s); retrying", exc)
+                problem = f"Redis: {exc}"
             except AttributionError as exc:  # a delivery error: the broker is down or refuses
-                log.warning("tallies not published (%s); retrying", exc)
+                problem = str(exc)
             except BaseException as exc:
                 log.exception("the tally publisher failed")
                 self.failure = exc
                 return
+            failures += 1
+            wait_s = max(interval_s, BACKOFF.compute(failures))
+            log.warning("tallies not published (%s); retrying in %.1f s", problem, wait_s)

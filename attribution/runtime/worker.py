@@ -120,7 +120,6 @@ class Worker(Member):
         next_check = time.monotonic() + cfg.state_check_ms / 1000
         failures = 0
         try:
-            self.tallies.start()
             while not self._stop.is_set():
                 messages = consumer.consume(cfg.batch_size, cfg.poll_timeout_ms / 1000)
                 self.loop_alive()
@@ -128,6 +127,8 @@ class Worker(Member):
                     break
                 if self.generation is None:  # exclusive start: nothing to do before it
                     continue
+                if not self.tallies.started:  # once the generation is in force (a rebuild wipes first)
+                    self.tallies.start()
                 try:
                     dead = self.settings_step(settings)
                     self._handle(messages, consumer, outputs, dead)

@@ -12,29 +12,39 @@ A partition is *complete* when this process has seen it from an empty journal (a
 rebuild) and has evicted none of its users since: then a user missing from the cache has no state
 in Redis either, and needs no load at all.
 
-The size of an entry is estimated from its encoded size (a decoded state takes about nine times its
-msgpack bytes: one Python object per string and per struct); the least recently written entries are
-evicted first.
+The size of an entry is estimated from its encoded size (a decoded state takes ten times its bytes in
+Redis and more: one Python object per string, list and struct); the least recently written entries
+are evicted first.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from attribution.core.user_state import UserState
 
-#: bytes of Python objects per byte of msgpack state, and per entry (measured with tracemalloc)
-DECODED_PER_ENCODED = 9
-ENTRY_OVERHEAD = 200
+#: bytes of Python objects per byte of encoded state (layout 3), and per entry with the cache's own
+#: (key, tuple, ordered-dict node). tracemalloc, bench backlog (5.8 touches per user, 300-350 B per
+#: blob): 11-12x the blob decoded, +~270 B of cache entry; one-touch users weigh ~2 KB.
+DECODED_PER_ENCODED = 10
+ENTRY_OVERHEAD = 1000
+#: an entry is given up this long before the Redis TTL it mirrors (clocks and the write's own delay)
+EXPIRY_MARGIN_MS = 5_000
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 class UserCache:
     """Redis user key -> (partition, state, estimated bytes, deadline ms). Not thread-safe: one
     processor's."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, clock_ms: Callable[[], int] = monotonic_ms) -> None:
         self.max_bytes = max_bytes
+        self.clock_ms = clock_ms  # monotonic: a wall clock stepping back must not outlive the TTL
         self.used = 0
         # least recently written first (an OrderedDict: popping the oldest is O(1), where a dict's
         # first key gets slower to find as deleted slots pile up at its front)
@@ -48,13 +58,14 @@ class UserCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def lookup(self, wanted: Iterable[tuple[str, int]], now_ms: int) -> dict[str, UserState | None]:
+    def lookup(self, wanted: Iterable[tuple[str, int]]) -> dict[str, UserState | None]:
         """The states known without Redis, for (key, partition) pairs: a cached state, or None where
         the partition is complete (no state). A key left out must be loaded."""
         out: dict[str, UserState | None] = {}
         if not self.enabled:
             return out
         entries, complete = self.entries, self.complete
+        now_ms = self.clock_ms()
         for key, partition in wanted:
             entry = entries.get(key)
             if entry is not None:
@@ -70,10 +81,12 @@ class UserCache:
         self.hits += len(out)
         return out
 
-    def put(self, key: str, partition: int, state: UserState, encoded_bytes: int, deadline_ms: int) -> None:
-        """Keep ``state`` as written (its Redis write succeeded) until ``deadline_ms``."""
+    def put(self, key: str, partition: int, state: UserState, encoded_bytes: int, ttl_ms: int) -> None:
+        """Keep ``state`` as written (its Redis write succeeded, with ``ttl_ms``) until a little before
+        Redis expires it."""
         if not self.enabled:
             return
+        deadline_ms = self.clock_ms() + ttl_ms - EXPIRY_MARGIN_MS
         size = ENTRY_OVERHEAD + DECODED_PER_ENCODED * encoded_bytes
         entries = self.entries
         old = entries.get(key)

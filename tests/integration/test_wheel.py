@@ -26,10 +26,12 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpro
 def test_wheel_installed_in_a_fresh_venv_validates_settings_and_runs(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(
-        REPO / "attribution", source / "attribution", ignore=shutil.ignore_patterns("__pycache__")
+        REPO / "attribution",
+        source / "attribution",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so", "_compiled.py"),
     )
     dist = tmp_path / "dist"
     _run(
@@ -56,5 +58,11 @@ def test_wheel_installed_in_a_fresh_venv_validates_settings_and_runs(tmp_path: P
         env,
     )
     assert str(env_dir) in location.stdout  # the installed copy, not the checkout
+    build = _run(  # the wheel (as the image builds it) carries the mypyc-compiled hot path
+        [str(env_dir / "bin" / "python"), "-c", "import attribution.compiled as c; print(c.BUILD)"],
+        workdir,
+        env,
+    )
+    assert build.stdout.strip() == "mypyc", build.stdout
     help_text = _run([exe, "worker", "--help"], workdir, env).stdout
     assert "worker" in help_text

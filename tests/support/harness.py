@@ -13,7 +13,7 @@ import orjson
 from attribution.core.model import Click, Event, Goal, Identity, Send, WebEvent
 from attribution.core.rules import ProjectSettings, SettingsBook
 from attribution.core.tally import snapshot
-from attribution.engine.processor import DEFAULT_CACHE_BYTES, EngineConfig, Processor, Record
+from attribution.engine.processor import EngineConfig, Processor, Record
 from attribution.state.base import Store
 from attribution.state.keys import Keys
 from attribution.state.memory import MemoryStore
@@ -63,7 +63,7 @@ class Run:
     identities: bool = True
     identity_window_ms: int | None = None
     routed: list[dict[str, Any]] = field(default_factory=list)
-    cache_bytes: int = DEFAULT_CACHE_BYTES  # the users held in memory between batches
+    cache_bytes: int = 64 << 20  # users held in memory between batches: the engine's tests use them
 
     def __post_init__(self) -> None:
         self.book = SettingsBook(self.settings)

@@ -61,6 +61,7 @@ def env_of(config: Config) -> dict[str, str]:
         "batch_size",
         "state_check_ms",
         "exactly_once",
+        "cache_mb",
         "log_level",
         "runtime",
     ):

@@ -88,7 +88,8 @@ def _run_with_crashes(batches: list[list[Event]], budgets: list[int]) -> tuple[R
             committed += 1  # the offsets are committed after the batch's state and outputs
         except Crash:
             # a new process: it remembers nothing and starts again from the committed offsets
-            run.processor = Processor(store, run.keys, run.book, EngineConfig(grace_ms=GRACE_MS))
+            config = EngineConfig(grace_ms=GRACE_MS, cache_bytes=run.cache_bytes)  # an empty cache
+            run.processor = Processor(store, run.keys, run.book, config)
     return run, store
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from attribution.core.model import Event
 from attribution.errors import StateConflict
 from attribution.state.base import Loaded, UserWrite
-from attribution.state.cache import UserCache
+from attribution.state.cache import EXPIRY_MARGIN_MS, UserCache
 from attribution.state.memory import MemoryStore
 from tests.support.compare import assert_matches_reference
 from tests.support.harness import Run
@@ -105,14 +105,21 @@ def test_a_revoke_or_a_failed_write_forgets_what_it_held() -> None:
 def test_the_cache_stays_within_its_budget_and_evicts_the_least_recently_written() -> None:
     from attribution.core.user_state import UserState
 
-    cache = UserCache(10_000)
+    clock = [0]
+    cache = UserCache(10_000, lambda: clock[0])
     for i in range(100):
         cache.put(f"k{i}", i % 2, UserState(), 100, 10**12)
         assert cache.used <= 10_000
     assert "k99" in cache.entries and "k0" not in cache.entries
     assert cache.evictions > 0
     cache.mark_complete(0)
-    assert cache.lookup([("k-new", 0)], 0) == {"k-new": None}  # complete: known absent
-    cache.put("k100", 0, UserState(), 10_000, 10**12)  # evicts users of partition 0
-    assert cache.lookup([("k-new", 0)], 0) == {}  # not complete any more: ask Redis
-    assert cache.lookup([("k100", 0)], 10**12) == {}  # past its TTL
+    assert cache.lookup([("k-new", 0)]) == {"k-new": None}  # complete: known absent
+    cache.put("k100", 0, UserState(), 100, 60_000)
+    assert cache.lookup([("k-new", 0)]) == {"k-new": None}
+    cache.put("big", 1, UserState(), 1_000, 60_000)  # evicts everyone else, k100 of partition 0 too
+    assert "k100" not in cache.entries
+    assert cache.lookup([("k-new", 0)]) == {}  # not complete any more: ask Redis
+    cache.put("k100", 0, UserState(), 100, 60_000)
+    assert set(cache.lookup([("k100", 0)])) == {"k100"}
+    clock[0] = 60_000 - EXPIRY_MARGIN_MS  # Redis expires it at 60 s: given up a little before
+    assert cache.lookup([("k100", 0)]) == {}
