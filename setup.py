@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent
 
 # The modules to compile, and why the others stay pure, are listed in attribution/compiled.py, which
 # also decides at import whether this build may run; read here without importing the package.
-COMPILED: tuple[str, ...] = runpy.run_path(str(ROOT / "attribution" / "compiled.py"))["COMPILED"]
+_LISTS = runpy.run_path(str(ROOT / "attribution" / "compiled.py"))
+COMPILED: tuple[str, ...] = _LISTS["COMPILED"]
+HASHED: tuple[str, ...] = _LISTS["HASHED"]  # COMPILED and the modules whose types mypyc read
 # mypyc's shared library (the group's code; each compiled module is a small shim calling into it): a
 # top-level module beside the package (mypyc derives each module's __file__ from its place, so it
 # cannot live inside the package).
@@ -52,7 +54,7 @@ def _manifest(sources: dict[str, str], build: str) -> str:
 
 
 def _digests() -> dict[str, str]:
-    return {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in COMPILED}
+    return {m: hashlib.sha256(_source(m).read_bytes()).hexdigest() for m in HASHED}
 
 
 class BuildCompiled(build_ext):  # type: ignore[misc, unused-ignore]  # untyped before setuptools 71

@@ -44,6 +44,22 @@ COMPILED: Final = (
     "attribution.core.user",
     "attribution.state.ledger",
 )
+# What mypyc read the types of while compiling (structs, settings, deltas, errors): an edit there can
+# change what the compiled code assumes, so it makes the build stale too.
+TYPED_BY: Final = (
+    "attribution.core.model",
+    "attribution.core.outputs",
+    "attribution.core.rules",
+    "attribution.core.subscriptions",
+    "attribution.core.tally",
+    "attribution.core.user_state",
+    "attribution.errors",
+    "attribution.state.base",
+    "attribution.state.cache",
+    "attribution.state.generation",
+    "attribution.state.keys",
+)
+HASHED: Final = COMPILED + TYPED_BY
 PURE_ENV: Final = "ATTRIBUTION_PURE_PYTHON"
 MYPYC: Final = "mypyc"
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
@@ -79,9 +95,9 @@ def decide() -> str:
     built: dict[str, str] = getattr(manifest, "SOURCES", {})
     if not built:
         return f"pure python (built with {getattr(manifest, 'BUILD', '?')})"
-    if sorted(built) != sorted(COMPILED):
+    if sorted(built) != sorted(HASHED):
         return "pure python (built from another module list: run make)"
-    changed = [m for m in COMPILED if _digest(source_path(m)) != built[m]]
+    changed = [m for m in HASHED if _digest(source_path(m)) != built[m]]
     if changed:
         return f"pure python (sources changed since the build: run make; {', '.join(changed)})"
     if importlib.util.find_spec(_SHARED_LIB) is None or not all(

@@ -64,7 +64,7 @@ def test_without_pure_mode_a_current_build_loads_every_compiled_module() -> None
 
 def test_a_changed_source_disables_the_whole_build(monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = types.ModuleType("attribution._compiled")
-    manifest.SOURCES = {m: "0" * 64 for m in compiled.COMPILED}  # type: ignore[attr-defined]
+    manifest.SOURCES = {m: "0" * 64 for m in compiled.HASHED}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "attribution._compiled", manifest)
     monkeypatch.delenv(compiled.PURE_ENV, raising=False)
     assert compiled.decide().startswith("pure python (sources changed since the build: run make;")
