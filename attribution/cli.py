@@ -104,6 +104,9 @@ def worker(runtime: str | None) -> None:
       attribution worker --runtime faust
     """
     config = _config()
+    from attribution.runtime.telemetry import pace_gc
+
+    pace_gc()  # this process is the worker's own
     if (runtime or config.runtime) == "faust":
         from attribution.runtime.faust import run_worker
 

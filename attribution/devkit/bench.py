@@ -38,6 +38,7 @@ from attribution.devkit.bench_scale import (
 from attribution.devkit.demo import services
 from attribution.engine.processor import EngineConfig, Processor, Record
 from attribution.infra.config import Config, load_config
+from attribution.runtime.telemetry import pace_gc
 from attribution.runtime.worker import Worker
 from attribution.state.keys import Keys
 from attribution.state.redis_store import RedisStore
@@ -128,6 +129,7 @@ def run_bench(
     """The whole bench; ``workers`` >= 2 adds the scale-out catch-up, ``users_events`` > 0 the catch-up
     at 10k / 100k / 1M users with that many events each."""
     rss_seconds, rss_rate, rss_only = rss
+    pace_gc()  # the in-process workers pace the collector as `attribution worker` does
     with services() as env:
         os.environ.update(env)
         base = load_config().model_copy(update={"session_timeout_ms": 6000, "partitions": 4})

@@ -71,7 +71,6 @@ class Member:
         self._last_loop = time.monotonic()
         self._cache_counted = [0, 0, 0]
         self.gc = GcPacer()
-        log.info("attribution %s, %s runtime, %s build", __version__, config.runtime, compiled.BUILD)
 
     # -- the cycle -----------------------------------------------------------------------------------
 
@@ -110,6 +109,7 @@ class Member:
             released = self.aligner.release(time.monotonic() * 1000)
         if released:
             self.processor.apply(released, result)
+            self.tallies.poke()  # the counters and their dirty marks are in Redis: publish them
             # records for the identity topic: the inputs are not at their end before they are read
             self.identity_pending = bool(result.identity)
         processed = time.perf_counter()
@@ -129,6 +129,15 @@ class Member:
         record_cache(self.metrics, self.processor.cache, self._cache_counted)
         self.gc.settle()
         return True
+
+    def log_start(self) -> None:
+        log.info(
+            "state generation %s; attribution %s, %s runtime, %s build",
+            self.generation,
+            __version__,
+            self.config.runtime,
+            compiled.BUILD,
+        )
 
     # -- assignment ----------------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """Tallies published off the processing thread: a thread of its own, its own producer and Redis
-connections, every ``ATTRIBUTION_TALLY_INTERVAL_MS``.
+connections. A round starts as soon as a batch has changed counters (``poke``), at most once per
+``ATTRIBUTION_TALLY_INTERVAL_MS``, and at least that often (marks another worker left, a settings
+change).
 
 The processing thread only raises dirty marks (with the counters, in Redis); this thread reads them
 and publishes absolute, versioned snapshots (``attribution.engine.tally_feed``). So a publication
@@ -44,6 +46,7 @@ class TallyPublisher:
         self.metrics = metrics
         self.failure: BaseException | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._outputs: Outputs | None = None
         self._store: RedisStore | None = None
@@ -76,6 +79,7 @@ class TallyPublisher:
     def stop(self, final: bool = True) -> None:
         """Stop the thread; with ``final``, publish what is still dirty first (the batches are done)."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(JOIN_S)
             if self._thread.is_alive():  # stuck on a broker that is down: leave it its clients
@@ -103,13 +107,26 @@ class TallyPublisher:
             self.metrics.tally_seconds.observe(time.perf_counter() - started)
             self.metrics.tallies.inc(published)
 
+    def poke(self) -> None:
+        """A batch changed counters: publish now, unless the last round is younger than the interval
+        (then when it turns that old)."""
+        self._wake.set()
+
+    def _next_round(self, interval_s: float, last: float) -> bool:
+        """Wait for a poke (or the interval: marks left by another worker, a settings change), then
+        until ``interval_s`` after the ``last`` round; False once stopped."""
+        self._wake.wait(interval_s)
+        self._wake.clear()
+        return not self._stop.wait(max(0.0, last + interval_s - time.monotonic()))
+
     def _run(self) -> None:
         interval_s = self.config.tally_interval_ms / 1000
-        wait_s, failures = interval_s, 0
-        while not self._stop.wait(wait_s):
+        last, failures = 0.0, 0
+        while not self._stop.is_set() and self._next_round(interval_s, last):
+            last = time.monotonic()
             try:
                 self._publish()
-                wait_s, failures = interval_s, 0
+                failures = 0
                 continue
             except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
                 self.failure = exc  # a setting to fix (REDIS_URL), not an outage to wait out
@@ -126,3 +143,5 @@ class TallyPublisher:
             failures += 1
             wait_s = max(interval_s, BACKOFF.compute(failures))
             log.warning("tallies not published (%s); retrying in %.1f s", problem, wait_s)
+            if self._stop.wait(wait_s):
+                return

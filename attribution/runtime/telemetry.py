@@ -82,8 +82,19 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
+_PACING = False
+
+
+def pace_gc() -> None:
+    """This process is a worker's own (``attribution worker``, the bench): let ``GcPacer`` freeze.
+    Not done where a worker shares its process (tests, embedding): freezing would keep that host's
+    cyclic garbage (a finished subprocess, say) until the next full collection."""
+    global _PACING  # noqa: PLW0603  # one switch per process
+    _PACING = True
+
+
 class GcPacer:
-    """Keeps the cyclic collector off what the worker holds on purpose.
+    """Keeps the cyclic collector off what the worker holds on purpose (once ``pace_gc`` was called).
 
     The user states held in memory are long-lived containers (lists and dicts inside msgspec
     structs): left to the collector, every one of them is traversed by a young collection, again by
@@ -99,6 +110,8 @@ class GcPacer:
         self._next_full = time.monotonic() + full_every_s
 
     def settle(self) -> None:
+        if not _PACING:
+            return
         now = time.monotonic()
         if now >= self._next_full:
             gc.unfreeze()

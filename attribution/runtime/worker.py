@@ -110,7 +110,7 @@ class Worker(Member):
                 raise Unavailable(
                     f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})"
                 ) from None
-            log.info("state generation %s", self.generation)
+            self.log_start()
         consumer.subscribe(
             list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )

@@ -139,7 +139,7 @@ class AttributionAgents(Member):
             self.generation = generation.establish(self.store, self._has_committed)
         except redis.RedisError as exc:
             raise Unavailable(f"Redis at REDIS_URL failed at start ({type(exc).__name__}: {exc})") from None
-        log.info("state generation %s", self.generation)
+        self.log_start()
         self._outputs = Outputs(cfg, lambda: self._stopping)
         self.tallies.start()
         self.started = True
