@@ -50,7 +50,7 @@ class Config(BaseSettings):
     identities: bool = True
     identity_window_ms: int | None = Field(None, ge=0, le=90 * 24 * 3600 * 1000)  # None: longest window
     # user states held in memory between batches (no load, no decode while current); 0: none
-    cache_mb: int = Field(512, ge=0, le=1_000_000)
+    cache_mb: int = Field(256, ge=0, le=1_000_000)
     batch_size: int = Field(10_000, ge=1, le=1_000_000)
     poll_timeout_ms: int = Field(20, ge=1, le=60_000)
     max_idle_ms: int = Field(1_000, ge=0, le=600_000)
