@@ -29,8 +29,8 @@ from urllib.parse import quote
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from attribution.devkit.bench import _caught_up, _fresh, _produce
-from attribution.devkit.bench_load import PROJECT, Shape, backlog
+from attribution.devkit.bench import _caught_up
+from attribution.devkit.bench_load import PROJECT, Shape, backlog, fresh, produce
 from attribution.devkit.bench_rss import child_env, rss_bytes
 from attribution.devkit.demo import services
 from attribution.devkit.embedded import free_port
@@ -231,7 +231,7 @@ def _measure(
 ) -> dict[str, Any]:
     os.environ.update(env)
     base = load_config().model_copy(update={"session_timeout_ms": 6000, "partitions": 4})
-    config = _fresh(base)
+    config = fresh(base)
     shape = Shape(
         sends=100 * campaigns,
         clicks=15 * campaigns,
@@ -241,7 +241,7 @@ def _measure(
     )
     records = backlog(shape, int(time.time() * 1000) - 6 * 3600_000, 4 * 3600_000)
     wanted = {orjson.loads(v)["campaign_id"] for kind, _, v in records if kind == "sends"}
-    _produce(config, records)
+    produce(config, records)
     port = free_port()
     child_env = _child_env(config, port)
     child("worker", child_env)

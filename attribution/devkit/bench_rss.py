@@ -27,12 +27,23 @@ from attribution.infra.config import Config
 SAMPLE_EVERY_S = 5.0
 
 
+def status_kib(pid: int, field: str) -> int | None:
+    """A ``/proc/<pid>/status`` size in KiB (VmRSS, VmHWM), None when absent."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    kib = status_kib(pid, "VmRSS")
+    if kib is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return kib * 1024
 
 
 def slope_per_minute(samples: Sequence[tuple[float, int]]) -> float:

@@ -35,6 +35,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from attribution.contract.topics import INPUTS
 from attribution.devkit.bench_load import Record, Shape, backlog
 from attribution.devkit.bench_memory import drop_prefix, touch_memory, used_memory
+from attribution.devkit.bench_rss import status_kib
 from attribution.devkit.bench_runtimes import WorkerProcess
 from attribution.infra.config import Config
 
@@ -68,17 +69,6 @@ def cpu_seconds(pid: int) -> float | None:
         return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLK_TCK
     except (OSError, ValueError, IndexError):
         return None
-
-
-def status_kib(pid: int, field: str) -> int | None:
-    """A ``/proc/<pid>/status`` size in KiB (VmRSS, VmHWM), None when absent."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def find_process(binaries: Sequence[str], port: int) -> tuple[int, str] | None:

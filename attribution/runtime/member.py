@@ -203,8 +203,9 @@ class Member:
 
     def healthy(self) -> tuple[bool, dict[str, object]]:
         stalled_s = time.monotonic() - self._last_loop
-        healthy = stalled_s < max(30.0, 3 * self.config.session_timeout_ms / 1000) and self.tallies.alive()
-        return healthy, {"loop_age_s": round(stalled_s, 3), "tallies_alive": self.tallies.alive()}
+        tallies = self.tallies.alive()
+        healthy = stalled_s < max(30.0, 3 * self.config.session_timeout_ms / 1000) and tallies
+        return healthy, {"loop_age_s": round(stalled_s, 3), "tallies_alive": tallies}
 
     def ready(self) -> tuple[bool, dict[str, object]]:
         """Ready means consuming: settings loaded, state generation checked, and the group joined

@@ -9,6 +9,7 @@ import pytest
 
 from attribution.devkit.bench import build, render_round2, round2
 from attribution.devkit.bench_load import Shape, backlog, by_event_time
+from attribution.devkit.bench_rss import status_kib
 from attribution.devkit.bench_scale import (
     account,
     busy_ticks,
@@ -16,7 +17,6 @@ from attribution.devkit.bench_scale import (
     render_users,
     spread,
     stat_cpu_ticks,
-    status_kib,
     table,
 )
 
